@@ -1,0 +1,1161 @@
+"""A synchronous Python client for the RakerOne API.
+
+Blocking calls for scripts, cron jobs and legacy codebases: fetch a playbook run,
+mint WebSocket tickets, and follow a run's (or a brief's) live events without
+ever hanging, losing an event or printing a credential::
+
+    import rakerone
+
+    with rakerone.Client() as client:          # reads RAKERONE_API_KEY
+        run = client.get_run("proj_1", "run_1")
+        for event in client.iter_run_events("proj_1", "run_1"):
+            print(event.type, event.data)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+import collections
+import datetime
+import email.utils
+import ipaddress
+import json
+import logging
+import os
+import platform
+import random
+import re
+import struct
+import time
+import uuid
+from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Union
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import attrs
+import requests
+
+__all__ = [
+    # client
+    "Client",
+    # shortcuts
+    "get_run",
+    "mint_run_ticket",
+    "mint_brief_ticket",
+    "iter_run_events",
+    "iter_brief_events",
+    # models
+    "PlaybookRun",
+    "RunStep",
+    "WsTicket",
+    "Event",
+    # errors
+    "RakerOneError",
+    "ConfigurationError",
+    "APIError",
+    "BadRequestError",
+    "AuthenticationError",
+    "PermissionDeniedError",
+    "NotFoundError",
+    "RateLimitError",
+    "ServerError",
+    "UnexpectedResponseError",
+    "APIConnectionError",
+    "APITimeoutError",
+    "StreamError",
+    "StreamTimeoutError",
+]
+
+# -- Constants -------------------------------------------------------------------------
+
+API_KEY_ENV = "RAKERONE_API_KEY"
+BASE_URL_ENV = "RAKERONE_BASE_URL"
+DEFAULT_BASE_URL = "https://app.raker.one/api"
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_RETRIES = 2
+
+#: Statuses worth another try: the request may well succeed a moment later.
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+RETRY_BACKOFF_BASE = 0.5  # seconds; doubled per attempt, then fully jittered
+RETRY_BACKOFF_CAP = 8.0
+#: A longer Retry-After is not slept through: the RateLimitError is raised at once.
+RETRY_AFTER_CAP = 60.0
+
+RECONNECT_BACKOFF_BASE = 0.25
+RECONNECT_BACKOFF_CAP = 10.0
+#: How many recent event ids a stream remembers to drop replayed events.
+DEDUPE_WINDOW = 50_000
+#: How long closing a stream waits for the server to answer our close frame.
+CLOSE_TIMEOUT = 1.0
+#: Close codes after which a stream reconnects (besides a dropped connection).
+RECONNECT_CLOSE_CODES = frozenset({1001, 1005, 1006, 1011, 1012, 1013, 1014})
+#: Close codes that mean "not allowed", mapped to the HTTP status they stand for.
+CLOSE_CODE_STATUS = {1008: 403, 4401: 401, 4403: 403, 4404: 404}
+
+#: Run statuses (lower case, ``-``/space as ``_``) that end a run; the vocabulary is
+#: not documented, so both lists are generous.
+SUCCESS_STATUSES = frozenset(
+    {"completed", "complete", "succeeded", "success", "successful", "done"}
+)
+FAILURE_STATUSES = frozenset(
+    {
+        "failed", "failure", "error", "errored", "cancelled", "canceled",
+        "timed_out", "timeout", "aborted", "rejected", "expired", "terminated",
+        "killed", "skipped_all",
+    }
+)
+
+logger = logging.getLogger("rakerone")
+
+# -- Errors ----------------------------------------------------------------------------
+
+
+class RakerOneError(Exception):
+    """Base class of every error this module raises."""
+
+
+class ConfigurationError(RakerOneError, ValueError):
+    """A setting or argument the client cannot use; raised before any network traffic."""
+
+
+class APIError(RakerOneError):
+    """The API answered with an error status (or with a body we cannot read)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: Optional[int] = None,
+        code: Optional[str] = None,
+        issues: tuple = (),
+        request_id: Optional[str] = None,
+        response: Optional[requests.Response] = None,
+        body: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        #: The HTTP status of the answer.
+        self.status_code = status_code
+        #: ``ErrorResponse.error``, the machine-readable code (``not_found``...).
+        self.code = code
+        #: ``ErrorResponse.issues``, present when ``code`` is ``invalid_body``.
+        self.issues = issues
+        self.request_id = request_id
+        self.response = response
+        #: The decoded JSON body, or None when it was not JSON.
+        self.body = body
+
+
+class BadRequestError(APIError):
+    """HTTP 400: the request was invalid; see ``issues``."""
+
+
+class AuthenticationError(APIError):
+    """HTTP 401 (or close 4401): the API key or ticket was refused."""
+
+
+class PermissionDeniedError(APIError):
+    """HTTP 403 (or close 1008/4403): the key may not do this."""
+
+
+class NotFoundError(APIError):
+    """HTTP 404: no such project, run or brief."""
+
+
+class RateLimitError(APIError):
+    """HTTP 429: too many requests; ``retry_after`` says how long to wait, if known."""
+
+    retry_after: Optional[float] = None
+
+
+class ServerError(APIError):
+    """HTTP 5xx: the API failed; worth retrying later."""
+
+
+class UnexpectedResponseError(APIError):
+    """A success status with a body that is not the documented shape."""
+
+
+class APIConnectionError(RakerOneError):
+    """The API could not be reached (after retries)."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The API did not answer in time (after retries)."""
+
+
+class StreamError(RakerOneError):
+    """A live event stream failed: unreadable frame, or reconnects exhausted."""
+
+
+class StreamTimeoutError(StreamError):
+    """No event arrived within the stream's ``idle_timeout``."""
+
+
+_ERROR_CLASSES = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    429: RateLimitError,
+}
+
+_ERROR_HINTS = {
+    401: f"check that {API_KEY_ENV} (or api_key=) holds a valid RakerOne API key",
+    403: "the API key is valid but may not access this project",
+    404: "check the ids and the base URL",
+    429: "the API is rate limiting this key; slow down",
+}
+
+
+def _error_class(status_code: int) -> type:
+    if status_code >= 500:
+        return ServerError
+    return _ERROR_CLASSES.get(status_code, APIError)
+
+
+_TICKET_IN_URL = re.compile(r"(ticket=)[^&#\s'\"]+")
+
+
+def _redact(text: str, *secrets: Optional[str]) -> str:
+    """Hide secrets, and any ``ticket=`` query value, from a message."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _TICKET_IN_URL.sub(r"\1***", text)
+
+
+# -- Models ----------------------------------------------------------------------------
+
+
+def _parse_timestamp(value: Any) -> Optional[datetime.datetime]:
+    """Read an ISO-8601 timestamp as an aware datetime; None when it does not parse.
+
+    Python 3.9's ``fromisoformat`` knows neither ``Z`` nor fractions other than 3 or
+    6 digits, so both are normalised first. A timestamp without offset is UTC.
+    """
+    if not isinstance(value, str):
+        return None
+    text = re.sub(r"[zZ]$", "+00:00", value.strip())
+    text = re.sub(r"\.(\d+)", lambda m: "." + m.group(1)[:6].ljust(6, "0"), text, count=1)
+    try:
+        parsed = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+    return parsed
+
+
+def _optional_str(value: Any) -> Optional[str]:
+    """An id-like value as str: strings as they are, integers written out."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _require_mapping(data: Any, what: str) -> Mapping:
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{what} must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _normalise_status(status: Optional[str]) -> str:
+    return re.sub(r"[\s-]+", "_", (status or "").strip().lower())
+
+
+@attrs.frozen
+class RunStep:
+    """One step of a playbook run; the server's object is kept whole in ``raw``."""
+
+    step_id: Optional[str] = None
+    name: Optional[str] = None
+    status: Optional[str] = None
+    started_at: Optional[datetime.datetime] = None
+    finished_at: Optional[datetime.datetime] = None
+    raw: dict = attrs.field(factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunStep:
+        """Build a step from its JSON object; unknown fields stay in ``raw``."""
+        data = _require_mapping(data, "a run step")
+        return cls(
+            step_id=_optional_str(data.get("stepId", data.get("id"))),
+            name=_optional_str(data.get("name")),
+            status=_optional_str(data.get("status")),
+            started_at=_parse_timestamp(data.get("startedAt")),
+            finished_at=_parse_timestamp(data.get("finishedAt")),
+            raw=dict(data),
+        )
+
+
+@attrs.frozen
+class PlaybookRun:
+    """A playbook run. Every field is optional; the server's object is ``raw``.
+
+    ``is_terminal`` is true once ``finishedAt`` is set, or the status (compared
+    case-insensitively, ``-`` and spaces read as ``_``) is one of
+    ``SUCCESS_STATUSES`` or ``FAILURE_STATUSES``. ``succeeded`` is true only for a
+    status in ``SUCCESS_STATUSES``: an unknown status never counts as success.
+    """
+
+    id: Optional[str] = None
+    project_id: Optional[str] = None
+    status: Optional[str] = None
+    started_at: Optional[datetime.datetime] = None
+    finished_at: Optional[datetime.datetime] = None
+    triggered_by: Optional[str] = None
+    steps: Tuple[RunStep, ...] = ()
+    metadata: dict = attrs.field(factory=dict)
+    raw: dict = attrs.field(factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PlaybookRun:
+        """Build a run from its JSON object (the ``run`` member of the response)."""
+        data = _require_mapping(data, "a playbook run")
+        steps = data.get("steps")
+        metadata = data.get("metadata")
+        return cls(
+            id=_optional_str(data.get("id")),
+            project_id=_optional_str(data.get("projectId")),
+            status=_optional_str(data.get("status")),
+            started_at=_parse_timestamp(data.get("startedAt")),
+            finished_at=_parse_timestamp(data.get("finishedAt")),
+            triggered_by=_optional_str(data.get("triggeredBy")),
+            steps=tuple(
+                RunStep.from_dict(step)
+                for step in (steps if isinstance(steps, list) else ())
+                if isinstance(step, Mapping)
+            ),
+            metadata=dict(metadata) if isinstance(metadata, Mapping) else {},
+            raw=dict(data),
+        )
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the run has finished, well or not."""
+        status = _normalise_status(self.status)
+        return (
+            self.raw.get("finishedAt") not in (None, "")
+            or status in SUCCESS_STATUSES
+            or status in FAILURE_STATUSES
+        )
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether the run finished well (its status is a known success)."""
+        return _normalise_status(self.status) in SUCCESS_STATUSES
+
+
+@attrs.frozen
+class WsTicket:
+    """A short-lived WebSocket ticket. Its ``repr`` never shows the ticket."""
+
+    ticket: str = attrs.field(repr=False)
+    expires_at: Optional[datetime.datetime] = None
+    expires_in_seconds: Optional[float] = None
+    ws_url: Optional[str] = attrs.field(default=None, repr=False)
+    raw: dict = attrs.field(factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WsTicket:
+        """Build a ticket from the ``ws-ticket`` response; ``ticket`` is required."""
+        data = _require_mapping(data, "a ws-ticket response")
+        ticket = data.get("ticket")
+        if not isinstance(ticket, str) or not ticket:
+            raise TypeError("a ws-ticket response must carry a non-empty 'ticket' string")
+        expires_in = data.get("expiresInSeconds")
+        ws_url = data.get("wsUrl")
+        return cls(
+            ticket=ticket,
+            expires_at=_parse_timestamp(data.get("expiresAt")),
+            expires_in_seconds=(
+                float(expires_in)
+                if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool)
+                else None
+            ),
+            ws_url=ws_url if isinstance(ws_url, str) and ws_url else None,
+            raw=dict(data),
+        )
+
+
+@attrs.frozen
+class Event:
+    """One message from a live stream. The format is not documented, so nothing is
+    dropped: ``raw`` is the decoded message, untouched.
+
+    ``type`` comes from ``type`` or ``event``, ``id`` from ``id`` or ``eventId`` (as
+    str), ``data`` is the message's ``data`` or ``payload`` member when present, else
+    the whole message.
+    """
+
+    type: Optional[str]
+    id: Optional[str]
+    data: Any
+    raw: Any = attrs.field(repr=False)
+    received_at: datetime.datetime
+
+    @classmethod
+    def from_message(cls, message: Any, received_at: datetime.datetime) -> Event:
+        """Build an event from a decoded JSON message (any JSON value)."""
+        if not isinstance(message, dict):
+            return cls(type=None, id=None, data=message, raw=message, received_at=received_at)
+        if "data" in message:
+            data = message["data"]
+        elif "payload" in message:
+            data = message["payload"]
+        else:
+            data = message
+        return cls(
+            type=_optional_str(message.get("type", message.get("event"))),
+            id=_optional_str(message.get("id", message.get("eventId"))),
+            data=data,
+            raw=message,
+            received_at=received_at,
+        )
+
+
+# -- HTTP ------------------------------------------------------------------------------
+
+Timeout = Union[float, Tuple[float, float]]
+
+
+class _BearerAuth(requests.auth.AuthBase):
+    """Adds the API key per request, so a session passed in is never altered, and
+    requests drops it on a redirect to another host."""
+
+    def __init__(self, api_key: str) -> None:
+        self._header = f"Bearer {api_key}"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = self._header
+        return request
+
+    def __repr__(self) -> str:
+        return "<_BearerAuth ***>"
+
+
+def _positive_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
+    if value == float("inf"):
+        raise ConfigurationError(f"{name} must be finite: an infinite wait could hang forever")
+    return float(value)
+
+
+def _check_timeout(timeout: Any) -> Timeout:
+    if isinstance(timeout, tuple):
+        if len(timeout) != 2:
+            raise ConfigurationError(f"timeout must be seconds or (connect, read), not {timeout!r}")
+        return (_positive_number("connect timeout", timeout[0]),
+                _positive_number("read timeout", timeout[1]))
+    return _positive_number("timeout", timeout)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_base_url(base_url: Any, allow_insecure_http: bool) -> str:
+    """Validate the API root URL and return it without a trailing slash."""
+    if not isinstance(base_url, str) or not base_url.strip():
+        raise ConfigurationError(f"base_url must be a URL such as {DEFAULT_BASE_URL!r}")
+    try:
+        parts = urlsplit(base_url.strip())
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise ConfigurationError(f"base_url {base_url!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigurationError(
+            f"base_url must be an http(s) URL with a host, such as {DEFAULT_BASE_URL!r}; "
+            f"got {_redact(base_url)!r}"
+        )
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigurationError(
+            "base_url must not carry credentials, a query or a fragment; "
+            f"pass the key as api_key= or {API_KEY_ENV}"
+        )
+    if parts.scheme == "http" and not _is_loopback(host) and not allow_insecure_http:
+        raise ConfigurationError(
+            f"refusing plain-http base_url to {host}: the API key would cross the network "
+            "in clear; use https, or pass allow_insecure_http=True if you really mean it"
+        )
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def _path_segment(name: str, value: Any) -> str:
+    """Percent-encode an id as exactly one path segment ("../x" cannot climb)."""
+    if isinstance(value, uuid.UUID):
+        value = str(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{name} must be a str, int or UUID, not {type(value).__name__}")
+    if not value.strip():
+        raise ConfigurationError(f"{name} must not be empty")
+    if value in (".", ".."):
+        raise ConfigurationError(f"{name} {value!r} is not a valid id")
+    return quote(value, safe="")
+
+
+def _retry_after_seconds(headers: Mapping[str, str]) -> Optional[float]:
+    """Read ``Retry-After`` as seconds from now: a number, or an HTTP date."""
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
+
+
+def _excerpt(content: bytes, limit: int = 200) -> str:
+    text = " ".join(content[: limit * 4].decode("utf-8", "replace").split())
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def _api_error(
+    status_code: int,
+    headers: Mapping[str, str],
+    content: bytes,
+    what: str,
+    response: Optional[requests.Response] = None,
+    secrets: Tuple[Optional[str], ...] = (),
+) -> APIError:
+    """The one place an error answer (HTTP or WebSocket handshake) becomes our error."""
+    try:
+        body = json.loads(content) if content else None
+    except ValueError:
+        body = None
+    error_response = body if isinstance(body, dict) else {}
+    code = _optional_str(error_response.get("error"))
+    issues = error_response.get("issues")
+    issues = tuple(issues) if isinstance(issues, list) else ()
+    request_id = headers.get("X-Request-Id") or headers.get("Request-Id")
+    retry_after = _retry_after_seconds(headers)
+
+    parts = [f"{what} failed with HTTP {status_code}" + (f" ({code})" if code else "")]
+    detail = error_response.get("message") or error_response.get("detail")
+    if isinstance(detail, str):
+        parts.append(detail)
+    if issues:
+        parts.append("issues: " + json.dumps(issues, default=str)[:500])
+    if body is None and content:
+        content_type = headers.get("Content-Type", "unknown type")
+        parts.append(f"the response was not JSON ({content_type}): {_excerpt(content)!r}")
+    if status_code == 429 and retry_after is not None:
+        parts.append(f"retry after {retry_after:.0f} s")
+    hint = "the RakerOne API had a problem; try again later" if status_code >= 500 else _ERROR_HINTS.get(status_code)
+    if hint:
+        parts.append(hint)
+    if request_id:
+        parts.append(f"request id {request_id}")
+
+    error = _error_class(status_code)(
+        _redact("; ".join(parts), *secrets),
+        status_code=status_code,
+        code=code,
+        issues=issues,
+        request_id=request_id,
+        response=response,
+        body=body,
+    )
+    if isinstance(error, RateLimitError):
+        error.retry_after = retry_after
+    return error
+
+
+def _describe_network_error(exc: BaseException) -> str:
+    """A short reason for a requests/urllib3 failure, without object reprs."""
+    reason: Any = exc
+    while reason.args and isinstance(reason.args[0], BaseException):
+        reason = reason.args[0]
+    reason = getattr(reason, "reason", reason)
+    text = re.sub(r"<[^>]*object at 0x[0-9a-f]+>:?\s*", "", str(reason))
+    return text or type(reason).__name__
+
+
+def _backoff(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter: a random wait up to base * 2**attempt."""
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+class Client:
+    """A blocking RakerOne API client that owns one HTTP session.
+
+    Parameters:
+        api_key: an organization API key or WorkOS session JWT; default ``$RAKERONE_API_KEY``.
+        base_url: the API root; default ``$RAKERONE_BASE_URL``, else production.
+        timeout: seconds for every request, or a ``(connect, read)`` pair.
+        max_retries: extra attempts on connection errors, timeouts, 408, 429 and 5xx.
+        verify: TLS verification, or a CA bundle path (used for streams too).
+        session: a ``requests.Session`` to use (it is not closed by ``close()``).
+        user_agent: a product token put in front of ours.
+        allow_insecure_http: allow a plain-http base URL to a non-loopback host.
+
+    Raises ConfigurationError for a missing key or an unusable setting.
+    """
+
+    def __init__(
+        self,
+        api_key: Optional[str] = None,
+        *,
+        base_url: Optional[str] = None,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        verify: Union[bool, str] = True,
+        session: Optional[requests.Session] = None,
+        user_agent: Optional[str] = None,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise ConfigurationError(
+                f"no RakerOne API key: set the {API_KEY_ENV} environment variable "
+                "or pass api_key= to rakerone.Client"
+            )
+        if api_key != api_key.strip() or any(c in api_key for c in "\r\n"):
+            raise ConfigurationError("the API key has surrounding spaces or line breaks; check how it was set")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigurationError(f"max_retries must be a whole number >= 0, not {max_retries!r}")
+        if not isinstance(verify, (bool, str)) or (isinstance(verify, str) and not os.path.exists(verify)):
+            raise ConfigurationError(f"verify must be True, False or an existing CA bundle path, not {verify!r}")
+        if user_agent is not None and (not isinstance(user_agent, str) or any(c in user_agent for c in "\r\n")):
+            raise ConfigurationError("user_agent must be a single-line string")
+
+        #: The API root, without a trailing slash.
+        self.base_url = _check_base_url(
+            base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
+            allow_insecure_http,
+        )
+        self.timeout = _check_timeout(timeout)
+        self.max_retries = max_retries
+        self.verify = verify
+        self.user_agent = " ".join(
+            filter(None, [user_agent, f"rakerone-python/{__version__}",
+                          f"python/{platform.python_version()}", f"requests/{requests.__version__}"])
+        )
+        self._api_key = api_key
+        self._auth = _BearerAuth(api_key)
+        self._owns_session = session is None
+        self._session = session if session is not None else requests.Session()
+        self._headers = {"Accept": "application/json", "User-Agent": self.user_agent}
+        # A seam for tests: retries and reconnects wait through this.
+        self._sleep: Callable[[float], None] = time.sleep
+
+    def __repr__(self) -> str:
+        return f"<rakerone.Client base_url={self.base_url!r}>"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP session (if the client created it)."""
+        if self._owns_session:
+            self._session.close()
+
+    # .. Endpoints .....................................................................
+
+    def get_run(self, project_id: Union[str, int, uuid.UUID], run_id: Union[str, int, uuid.UUID]) -> PlaybookRun:
+        """Fetch one playbook run.
+
+        Raises NotFoundError for an unknown project or run, AuthenticationError for a
+        refused key, APIConnectionError when the API cannot be reached.
+        """
+        path = self._run_path(project_id, run_id)
+        payload = self._request("GET", path)
+        run = payload.get("run") if isinstance(payload, dict) else None
+        return self._parse(PlaybookRun.from_dict, run, f"GET {path}", payload)
+
+    def mint_run_ticket(self, project_id: Union[str, int, uuid.UUID], run_id: Union[str, int, uuid.UUID]) -> WsTicket:
+        """Mint a short-lived ticket for the run's WebSocket (see ``iter_run_events``)."""
+        path = self._run_path(project_id, run_id) + "/ws-ticket"
+        return self._parse(WsTicket.from_dict, self._request("POST", path), f"POST {path}")
+
+    def mint_brief_ticket(self, project_id: Union[str, int, uuid.UUID], brief_id: Union[str, int, uuid.UUID]) -> WsTicket:
+        """Mint a short-lived ticket for the brief's shaping-log WebSocket."""
+        path = self._brief_path(project_id, brief_id) + "/ws-ticket"
+        return self._parse(WsTicket.from_dict, self._request("POST", path), f"POST {path}")
+
+    # .. Requests ......................................................................
+
+    @staticmethod
+    def _run_path(project_id: Any, run_id: Any) -> str:
+        return (f"/projects/{_path_segment('project_id', project_id)}"
+                f"/playbook-runs/{_path_segment('run_id', run_id)}")
+
+    @staticmethod
+    def _brief_path(project_id: Any, brief_id: Any) -> str:
+        return (f"/projects/{_path_segment('project_id', project_id)}"
+                f"/briefs/{_path_segment('brief_id', brief_id)}")
+
+    @staticmethod
+    def _parse(from_dict: Callable[[Any], Any], data: Any, what: str, payload: Any = None) -> Any:
+        try:
+            return from_dict(data)
+        except TypeError as exc:
+            raise UnexpectedResponseError(
+                f"{what} answered with an unexpected body: {exc}", status_code=200,
+                body=payload if payload is not None else data,
+            ) from None
+
+    def _request(self, method: str, path: str) -> Any:
+        """Send one API request with retries; return its decoded JSON body."""
+        what = f"{method} {path}"
+        for attempt in range(self.max_retries + 1):
+            error: RakerOneError
+            try:
+                response = self._session.request(
+                    method, self.base_url + path, headers=self._headers, auth=self._auth,
+                    timeout=self.timeout, verify=self.verify,
+                )
+            except requests.exceptions.SSLError as exc:
+                raise APIConnectionError(
+                    f"{what}: TLS failed ({_describe_network_error(exc)}); check verify= and the base URL"
+                ) from exc
+            except requests.Timeout as exc:
+                error = APITimeoutError(f"{what} timed out after {self.timeout} s")
+                cause: BaseException = exc
+            except requests.ConnectionError as exc:
+                error = APIConnectionError(
+                    f"{what}: could not reach {self.base_url} ({_describe_network_error(exc)})")
+                cause = exc
+            except requests.RequestException as exc:
+                raise APIConnectionError(f"{what} failed: {_describe_network_error(exc)}") from exc
+            else:
+                logger.debug("%s -> %s in %.0f ms", what, response.status_code,
+                             response.elapsed.total_seconds() * 1000)
+                if response.status_code < 300:
+                    return self._decode(response, what)
+                error = _api_error(response.status_code, response.headers, response.content,
+                                   what, response, (self._api_key,))
+                cause = None
+                if response.status_code not in RETRYABLE_STATUSES:
+                    raise error
+            delay = self._retry_delay(attempt, error)
+            if delay is None:
+                if attempt and isinstance(error, APIConnectionError):
+                    error.args = (f"{error} (after {attempt + 1} attempts)",)
+                raise error from cause
+            logger.info("%s: %s; retry %d of %d in %.2f s", what, error, attempt + 1,
+                        self.max_retries, delay)
+            self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _retry_delay(self, attempt: int, error: RakerOneError) -> Optional[float]:
+        """How long to wait before the next attempt, or None to give up now."""
+        if attempt >= self.max_retries:
+            return None
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is None and isinstance(error, APIError) and error.response is not None:
+            retry_after = _retry_after_seconds(error.response.headers)
+        if retry_after is not None:
+            return retry_after if retry_after <= RETRY_AFTER_CAP else None
+        return _backoff(attempt, RETRY_BACKOFF_BASE, RETRY_BACKOFF_CAP)
+
+    @staticmethod
+    def _decode(response: requests.Response, what: str) -> Any:
+        try:
+            return json.loads(response.content)
+        except ValueError:
+            content_type = response.headers.get("Content-Type", "unknown type")
+            raise UnexpectedResponseError(
+                f"{what} answered HTTP {response.status_code} with a body that is not JSON "
+                f"({content_type}): {_excerpt(response.content)!r}",
+                status_code=response.status_code, response=response,
+            ) from None
+
+    # .. Streams .......................................................................
+
+    def iter_run_events(
+        self,
+        project_id: Union[str, int, uuid.UUID],
+        run_id: Union[str, int, uuid.UUID],
+        *,
+        reconnect: bool = True,
+        max_reconnects: int = 5,
+        ping_interval: float = 20.0,
+        ping_timeout: float = 10.0,
+        idle_timeout: Optional[float] = None,
+    ) -> Iterator[Event]:
+        """Yield the run's live events, each exactly once, until the server ends the stream.
+
+        Every connection mints a fresh ticket. Drops and server restarts reconnect
+        (``max_reconnects`` failures in a row give up); an event whose id was already
+        yielded is skipped. A silent peer is pinged after ``ping_interval`` seconds and
+        dropped after ``ping_timeout`` more. Raises StreamError when the stream cannot
+        go on, StreamTimeoutError after ``idle_timeout`` seconds without an event,
+        AuthenticationError / PermissionDeniedError / NotFoundError when refused.
+        """
+        path = self._run_path(project_id, run_id)
+        settings = _StreamSettings.checked(reconnect, max_reconnects, ping_interval, ping_timeout, idle_timeout)
+        return self._iter_events(path, lambda: self.mint_run_ticket(project_id, run_id), settings)
+
+    def iter_brief_events(
+        self,
+        project_id: Union[str, int, uuid.UUID],
+        brief_id: Union[str, int, uuid.UUID],
+        *,
+        reconnect: bool = True,
+        max_reconnects: int = 5,
+        ping_interval: float = 20.0,
+        ping_timeout: float = 10.0,
+        idle_timeout: Optional[float] = None,
+    ) -> Iterator[Event]:
+        """Yield the brief's shaping-log entries live; behaves as ``iter_run_events``."""
+        path = self._brief_path(project_id, brief_id)
+        settings = _StreamSettings.checked(reconnect, max_reconnects, ping_interval, ping_timeout, idle_timeout)
+        return self._iter_events(path, lambda: self.mint_brief_ticket(project_id, brief_id), settings)
+
+    def _iter_events(self, path: str, mint_ticket: Callable[[], WsTicket], settings: _StreamSettings) -> Iterator[Event]:
+        seen = _RecentIds(DEDUPE_WINDOW)
+        failures = 0
+        while True:
+            try:
+                ws = self._open_socket(path, mint_ticket)
+            except _ConnectionLost as lost:
+                failures = self._wait_to_reconnect(path, failures + 1, lost, settings)
+                continue
+            heartbeat = _Heartbeat(ws, settings)
+            try:
+                for event in heartbeat.events():
+                    if event.id is None or seen.add(event.id):
+                        failures = 0
+                        yield event
+                return
+            except _ConnectionLost as lost:
+                failures = self._wait_to_reconnect(path, failures + 1, lost, settings)
+            finally:
+                _close_socket(ws)
+
+    def _wait_to_reconnect(self, path: str, failures: int, lost: _ConnectionLost, settings: _StreamSettings) -> int:
+        """Sleep before the next connection, or raise StreamError when out of tries."""
+        if not settings.reconnect or failures > settings.max_reconnects:
+            tries = f"after {failures} failed attempt(s) in a row" if settings.reconnect else "(reconnect=False)"
+            raise StreamError(f"stream {path} ended {tries}: {lost}") from lost.cause
+        delay = max(_backoff(failures - 1, RECONNECT_BACKOFF_BASE, RECONNECT_BACKOFF_CAP), lost.retry_after)
+        logger.info("stream %s: %s; reconnecting in %.2f s (%d of %d)", path, lost, delay,
+                    failures, settings.max_reconnects)
+        self._sleep(delay)
+        return failures
+
+    def _open_socket(self, path: str, mint_ticket: Callable[[], WsTicket]) -> Any:
+        """Mint a ticket and open the WebSocket; retryable failures raise _ConnectionLost."""
+        import websocket  # imported here so scripts that never stream start faster
+
+        try:
+            ticket = mint_ticket()
+        except (APIConnectionError, ServerError, RateLimitError) as exc:
+            raise _ConnectionLost(f"could not mint a ticket: {exc}", exc,
+                                  getattr(exc, "retry_after", None)) from None
+        url = self._socket_url(path, ticket)
+        safe_url = _redact(url, ticket.ticket)
+        logger.debug("stream %s: connecting to %s", path, safe_url)
+        connect_timeout = self.timeout[0] if isinstance(self.timeout, tuple) else self.timeout
+        try:
+            return websocket.create_connection(
+                url, timeout=connect_timeout, skip_utf8_validation=True, enable_multithread=False,
+                redirect_limit=0, header={"User-Agent": self.user_agent},
+                sslopt=self._socket_sslopt(), **_socket_proxy_options(url),
+            )
+        except websocket.WebSocketBadStatusException as exc:
+            body = getattr(exc, "resp_body", None) or b""
+            error = _api_error(exc.status_code, requests.structures.CaseInsensitiveDict(
+                getattr(exc, "resp_headers", None) or {}), body if isinstance(body, bytes) else body.encode(),
+                f"WebSocket upgrade {path}/ws", secrets=(ticket.ticket, self._api_key))
+            if exc.status_code in RETRYABLE_STATUSES:
+                raise _ConnectionLost(str(error), error, getattr(error, "retry_after", None)) from None
+            raise error from None
+        except ValueError as exc:  # websocket-client's word for an unusable URL
+            raise StreamError(f"stream {path}: cannot connect to {safe_url!r} ({exc})") from None
+        except (OSError, websocket.WebSocketException) as exc:
+            reason = _redact(str(exc) or type(exc).__name__, ticket.ticket)
+            if "certificate" in reason.lower():
+                raise StreamError(f"stream {path}: TLS failed ({reason}); check verify=") from None
+            raise _ConnectionLost(f"could not connect ({reason})", exc) from None
+
+    def _socket_url(self, path: str, ticket: WsTicket) -> str:
+        """The ticket's ``wsUrl``, or else ``<base>/…/ws?ticket=`` with ws(s)."""
+        secure_base = self.base_url.startswith("https:")
+        if ticket.ws_url is None:
+            url = f"{self.base_url}{path}/ws?ticket={quote(ticket.ticket, safe='')}"
+        else:
+            url = ticket.ws_url
+        parts = urlsplit(url)
+        scheme = _SOCKET_SCHEMES.get(parts.scheme.lower())
+        if scheme is None or not parts.hostname:
+            raise StreamError(f"the ticket's wsUrl is not a ws(s) URL: {_redact(url, ticket.ticket)!r}")
+        if secure_base and scheme == "ws":
+            raise StreamError("refusing the ticket's wsUrl: it downgrades https to plain ws, "
+                              "which would send the ticket and events in clear")
+        return urlunsplit((scheme,) + tuple(parts[1:]))
+
+    def _socket_sslopt(self) -> dict:
+        """TLS options so that a stream trusts exactly what ``get_run`` trusts."""
+        import ssl
+
+        if self.verify is False:
+            return {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}
+        if isinstance(self.verify, str):
+            key = "ca_cert_path" if os.path.isdir(self.verify) else "ca_certs"
+            return {"cert_reqs": ssl.CERT_REQUIRED, key: self.verify}
+        bundle = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+                  or requests.certs.where())
+        return {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": bundle}
+
+
+# -- Streams ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _StreamSettings:
+    reconnect: bool
+    max_reconnects: int
+    ping_interval: float
+    ping_timeout: float
+    idle_timeout: Optional[float]
+
+    @classmethod
+    def checked(cls, reconnect: Any, max_reconnects: Any, ping_interval: Any, ping_timeout: Any,
+                idle_timeout: Any) -> _StreamSettings:
+        if not isinstance(reconnect, bool):
+            raise ConfigurationError(f"reconnect must be True or False, not {reconnect!r}")
+        if isinstance(max_reconnects, bool) or not isinstance(max_reconnects, int) or max_reconnects < 0:
+            raise ConfigurationError(f"max_reconnects must be a whole number >= 0, not {max_reconnects!r}")
+        return cls(
+            reconnect=reconnect,
+            max_reconnects=max_reconnects,
+            ping_interval=_positive_number("ping_interval", ping_interval),
+            ping_timeout=_positive_number("ping_timeout", ping_timeout),
+            idle_timeout=None if idle_timeout is None else _positive_number("idle_timeout", idle_timeout),
+        )
+
+
+class _ConnectionLost(Exception):
+    """Internal: this connection is gone, but another one may work."""
+
+    def __init__(self, reason: str, cause: Optional[BaseException] = None,
+                 retry_after: Optional[float] = None) -> None:
+        super().__init__(reason)
+        self.cause = cause
+        self.retry_after = min(retry_after or 0.0, RETRY_AFTER_CAP)
+
+
+class _RecentIds:
+    """A set of the last ``size`` ids: bounded memory for exactly-once delivery."""
+
+    def __init__(self, size: int) -> None:
+        self._ids: set = set()
+        self._order: collections.deque = collections.deque()
+        self._size = size
+
+    def add(self, event_id: str) -> bool:
+        """Remember the id; False when it was already there."""
+        if event_id in self._ids:
+            return False
+        if len(self._order) >= self._size:
+            self._ids.discard(self._order.popleft())
+        self._ids.add(event_id)
+        self._order.append(event_id)
+        return True
+
+
+_OPCODE_TEXT, _OPCODE_BINARY, _OPCODE_CLOSE = 0x1, 0x2, 0x8
+_SOCKET_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
+_PROXY_TYPES = ("http", "socks4", "socks4a", "socks5", "socks5h")
+
+
+class _Heartbeat:
+    """Reads one connection's frames as events, with keepalive pings and deadlines.
+
+    The socket timeout is only a wake-up: it is set to the nearest deadline (ping
+    due, pong due, idle) when state changes, never per frame, since a frame can only
+    push deadlines later.
+    """
+
+    def __init__(self, ws: Any, settings: _StreamSettings) -> None:
+        self._ws = ws
+        self._settings = settings
+        self._last_frame_at = self._last_event_at = time.monotonic()
+        self._ping_sent_at: Optional[float] = None
+        ws.settimeout(self._next_wake(self._last_frame_at))
+
+    def events(self) -> Iterator[Event]:
+        """Yield decoded events; return on close 1000, raise _ConnectionLost on a drop."""
+        import websocket
+
+        recv_data = self._ws.recv_data
+        while True:
+            try:
+                opcode, payload = recv_data(True)
+            except websocket.WebSocketTimeoutException:
+                self._on_silence()
+                continue
+            except (OSError, websocket.WebSocketException) as exc:
+                raise _ConnectionLost(f"connection dropped ({type(exc).__name__}: {exc})", exc) from None
+            now = time.monotonic()
+            if opcode == _OPCODE_TEXT or opcode == _OPCODE_BINARY:
+                self._last_frame_at = self._last_event_at = now
+                self._ping_sent_at = None
+                yield Event.from_message(_decode_frame(payload), datetime.datetime.now(datetime.timezone.utc))
+            elif opcode == _OPCODE_CLOSE:
+                _on_close_frame(payload)
+                return
+            else:  # ping or pong: the peer is alive
+                self._last_frame_at = now
+                self._ping_sent_at = None
+                self._check_idle(now)
+                self._ws.settimeout(self._next_wake(now))
+
+    def _on_silence(self) -> None:
+        """No byte for a while: ping, declare the peer dead, or time out idle."""
+        now = time.monotonic()
+        self._check_idle(now)
+        settings = self._settings
+        if self._ping_sent_at is not None:
+            if now - self._ping_sent_at >= settings.ping_timeout:
+                self._ws.shutdown()
+                raise _ConnectionLost(f"no answer to a ping within {settings.ping_timeout:g} s")
+        elif now - self._last_frame_at >= settings.ping_interval:
+            self._ws.ping()
+            self._ping_sent_at = now
+        self._ws.settimeout(self._next_wake(now))
+
+    def _check_idle(self, now: float) -> None:
+        idle_timeout = self._settings.idle_timeout
+        if idle_timeout is not None and now - self._last_event_at >= idle_timeout:
+            raise StreamTimeoutError(f"no event for {idle_timeout:g} s (idle_timeout)")
+
+    def _next_wake(self, now: float) -> float:
+        settings = self._settings
+        if self._ping_sent_at is None:
+            due = self._last_frame_at + settings.ping_interval
+        else:
+            due = self._ping_sent_at + settings.ping_timeout
+        if settings.idle_timeout is not None:
+            due = min(due, self._last_event_at + settings.idle_timeout)
+        return max(due - now, 0.001)
+
+
+def _decode_frame(payload: bytes) -> Any:
+    """Decode a text or binary frame holding UTF-8 JSON (the one decode per frame)."""
+    try:
+        return json.loads(payload.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError both
+        raise StreamError(f"received a frame that is not UTF-8 JSON: {_excerpt(payload, 80)!r}") from None
+
+
+def _on_close_frame(payload: bytes) -> None:
+    """Act on the server's close: return on 1000, else raise what the code means."""
+    code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+    reason = payload[2:].decode("utf-8", "replace")
+    described = f"server closed the stream with {code}" + (f" ({reason})" if reason else "")
+    if code == 1000:
+        logger.debug("%s", described)
+        return
+    status = CLOSE_CODE_STATUS.get(code)
+    if status is None and 4000 <= code < 5000:
+        status = code - 4000  # application codes read as 4000 + an HTTP status
+    if code in RECONNECT_CLOSE_CODES or status in RETRYABLE_STATUSES:
+        raise _ConnectionLost(described)
+    if status is not None and 400 <= status < 600:
+        error_class = _error_class(status)
+        raise error_class(_redact(described), status_code=status, code=reason or None)
+    raise StreamError(described)
+
+
+def _close_socket(ws: Any) -> None:
+    """Say goodbye (close 1000) if the socket is still open, and release it at once."""
+    if ws.connected:
+        ws.close(status=1000, timeout=CLOSE_TIMEOUT)
+    ws.shutdown()
+
+
+def _socket_proxy_options(url: str) -> dict:
+    """websocket-client proxy options taken from the same environment requests reads."""
+    http_url = "http" + url[2:]  # ws:// -> http://, wss:// -> https://
+    proxy = requests.utils.select_proxy(http_url, requests.utils.get_environ_proxies(http_url))
+    if not proxy:
+        return {"http_no_proxy": ["*"]}  # and stop websocket-client reading the env itself
+    parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+    if parts.scheme not in _PROXY_TYPES:
+        raise StreamError(f"websocket-client cannot use a {parts.scheme!r} proxy; "
+                          f"use one of {', '.join(_PROXY_TYPES)}")
+    options = {
+        "proxy_type": parts.scheme,
+        "http_proxy_host": parts.hostname,
+        "http_proxy_port": parts.port or 80,
+    }
+    if parts.username:
+        options["http_proxy_auth"] = (requests.utils.unquote(parts.username),
+                                      requests.utils.unquote(parts.password or ""))
+    return options
+
+
+# -- Shortcuts -------------------------------------------------------------------------
+
+
+def get_run(project_id: Union[str, int, uuid.UUID], run_id: Union[str, int, uuid.UUID]) -> PlaybookRun:
+    """Fetch one run with a client built from the environment; see ``Client.get_run``."""
+    with Client() as client:
+        return client.get_run(project_id, run_id)
+
+
+def mint_run_ticket(project_id: Union[str, int, uuid.UUID], run_id: Union[str, int, uuid.UUID]) -> WsTicket:
+    """Mint a run ticket with a client built from the environment."""
+    with Client() as client:
+        return client.mint_run_ticket(project_id, run_id)
+
+
+def mint_brief_ticket(project_id: Union[str, int, uuid.UUID], brief_id: Union[str, int, uuid.UUID]) -> WsTicket:
+    """Mint a brief ticket with a client built from the environment."""
+    with Client() as client:
+        return client.mint_brief_ticket(project_id, brief_id)
+
+
+def iter_run_events(project_id: Union[str, int, uuid.UUID], run_id: Union[str, int, uuid.UUID],
+                    **options: Any) -> Iterator[Event]:
+    """Follow a run's events with a client built from the environment; options as
+    for ``Client.iter_run_events``. The client is closed when the loop ends."""
+    client = Client()
+    try:
+        events = client.iter_run_events(project_id, run_id, **options)
+    except BaseException:
+        client.close()
+        raise
+    return _closing_client(client, events)
+
+
+def iter_brief_events(project_id: Union[str, int, uuid.UUID], brief_id: Union[str, int, uuid.UUID],
+                      **options: Any) -> Iterator[Event]:
+    """Follow a brief's shaping log with a client built from the environment."""
+    client = Client()
+    try:
+        events = client.iter_brief_events(project_id, brief_id, **options)
+    except BaseException:
+        client.close()
+        raise
+    return _closing_client(client, events)
+
+
+def _closing_client(client: Client, events: Iterator[Event]) -> Iterator[Event]:
+    with client:
+        yield from events
