@@ -1,0 +1,859 @@
+"""A fake RakerOne API server, embedded in tests or run from the command line.
+
+One port serves the REST endpoints and the run and brief WebSockets, on werkzeug's
+threaded development server and simple-websocket (threads, no asyncio). Tests script
+runs, stream messages and faults, then check what the fake saw::
+
+    @pytest.fixture
+    def fake():
+        with FakeRakerOne() as server:      # an ephemeral port on 127.0.0.1
+            yield server
+
+    def test_watch_replays_history(fake):
+        fake.add_run("proj_1", {"id": "run_1", "status": "running"})
+        fake.emit_run_event("proj_1", "run_1", {"type": "log", "line": "hi"})
+        fake.finish_run_stream("proj_1", "run_1")
+        ...  # point the client at fake.base_url with fake.api_key
+
+``python -m rakerone_fake`` serves a sample run until Ctrl-C. Install with
+``pip install 'rakerone[fake]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import datetime
+import json
+import logging
+import queue
+import re
+import secrets
+import shlex
+import socket
+import sys
+import threading
+import time
+import typing
+import urllib.parse
+import weakref
+
+import simple_websocket
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.routing import Map, Rule, WebsocketMismatch
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+__all__ = ["FakeRakerOne", "main", "SAMPLE_PROJECT_ID", "SAMPLE_RUN", "SAMPLE_BRIEF_ID"]
+
+# -- Constants -------------------------------------------------------------------------
+
+SAMPLE_PROJECT_ID = "proj_9876543210"
+#: The example of the "Get a playbook run" reference page, served by ``python -m rakerone_fake``.
+SAMPLE_RUN = {
+    "id": "a1b2c3d4-e5f6-7890-ab12-cd34ef567890",
+    "projectId": "proj_9876543210",
+    "status": "completed",
+    "startedAt": "2024-06-10T09:15:00Z",
+    "finishedAt": "2024-06-10T09:45:00Z",
+    "triggeredBy": "user_123456",
+    "steps": [
+        {
+            "stepId": "step_001",
+            "name": "Initialize playbook",
+            "status": "success",
+            "startedAt": "2024-06-10T09:15:00Z",
+            "finishedAt": "2024-06-10T09:17:00Z",
+        },
+        {
+            "stepId": "step_002",
+            "name": "Run AI agent",
+            "status": "success",
+            "startedAt": "2024-06-10T09:17:00Z",
+            "finishedAt": "2024-06-10T09:40:00Z",
+        },
+        {
+            "stepId": "step_003",
+            "name": "Notify team",
+            "status": "success",
+            "startedAt": "2024-06-10T09:40:00Z",
+            "finishedAt": "2024-06-10T09:45:00Z",
+        },
+    ],
+    "metadata": {"environment": "production", "priority": "high"},
+}
+SAMPLE_BRIEF_ID = "brief_0123456789"
+
+logger = logging.getLogger("rakerone.fake")
+
+_CLOSE_GRACE_SECONDS = 2.0  # how long a socket we closed waits for the client's close frame
+_SERVE_POLL_SECONDS = 0.05  # how soon serve_forever() notices shutdown()
+_WAIT_POLL_SECONDS = 0.01
+_SIGNAL_POLL_SECONDS = 0.5  # how soon the command line notices a Ctrl-C
+_NO_STATUS_RECEIVED = 1005  # simple-websocket's close_reason until a client's close frame
+_STREAM_SEGMENTS = {"run": "playbook-runs", "brief": "briefs"}
+_ENDED = object()  # put in a connection's outbox to wake its sender once the socket is gone
+
+_PROJECT = "/api/projects/<project_id>"
+#: Endpoints name FakeRakerOne methods; ``defaults`` tell them which kind of stream.
+_ROUTES = Map(
+    [
+        Rule(f"{_PROJECT}/playbook-runs/<run_id>", endpoint="_get_run", methods=["GET"]),
+        Rule(
+            f"{_PROJECT}/playbook-runs/<stream_id>/ws-ticket",
+            endpoint="_mint_ticket",
+            methods=["POST"],
+            defaults={"kind": "run"},
+        ),
+        Rule(
+            f"{_PROJECT}/briefs/<stream_id>/ws-ticket",
+            endpoint="_mint_ticket",
+            methods=["POST"],
+            defaults={"kind": "brief"},
+        ),
+        Rule(
+            f"{_PROJECT}/playbook-runs/<stream_id>/ws",
+            endpoint="_open_socket",
+            methods=["GET"],
+            defaults={"kind": "run"},
+            websocket=True,
+        ),
+        Rule(
+            f"{_PROJECT}/briefs/<stream_id>/ws",
+            endpoint="_open_socket",
+            methods=["GET"],
+            defaults={"kind": "brief"},
+            websocket=True,
+        ),
+    ],
+    merge_slashes=False,  # an empty id is a 404, not a redirect
+    redirect_defaults=False,
+)
+
+# -- Records and responses -------------------------------------------------------------
+
+
+class _StreamKey(typing.NamedTuple):
+    """Which stream: a run's events or a brief's shaping log."""
+
+    kind: str  # "run" or "brief"
+    project_id: str
+    stream_id: str
+
+    @property
+    def path(self) -> str:
+        """The stream's resource path under ``/api``, its segments percent-encoded."""
+        project = urllib.parse.quote(self.project_id, safe="")
+        stream = urllib.parse.quote(self.stream_id, safe="")
+        return f"/projects/{project}/{_STREAM_SEGMENTS[self.kind]}/{stream}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Close:
+    """A close frame to send."""
+
+    code: int
+    reason: str = ""
+
+
+@dataclasses.dataclass
+class _Stream:
+    """A stream's history (frames encoded once), its finish, its live connections."""
+
+    history: list = dataclasses.field(default_factory=list)
+    subscribers: set = dataclasses.field(default_factory=set)
+    finish: _Close | None = None
+
+
+@dataclasses.dataclass
+class _Ticket:
+    """A minted WebSocket ticket; the fake keeps them all, to tell expired from unknown."""
+
+    key: _StreamKey
+    expires_at: float  # time.time()
+    used: bool = False
+
+
+@dataclasses.dataclass
+class _Fault:
+    """A canned answer for the next ``remaining`` requests whose path contains ``paths``."""
+
+    status: int
+    retry_after: object
+    html: bool
+    paths: str
+    remaining: int
+
+    def response(self) -> Response:
+        """Build the canned answer: ErrorResponse JSON, or a proxy's HTML page."""
+        headers = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        if not self.html:
+            return _error_response(self.status, _error_code(self.status), headers)
+        title = f"{self.status} {HTTP_STATUS_CODES.get(self.status, 'Error')}"
+        page = f"<html><body><h1>{title}</h1></body></html>"
+        return Response(page, self.status, headers, mimetype="text/html")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rejection:
+    """How to turn away one WebSocket upgrade: an HTTP status, or a close right after."""
+
+    status: int | None
+    close_code: int | None
+
+
+def _json_response(status: int, body: object, headers: dict | None = None) -> Response:
+    return Response(json.dumps(body), status, headers, mimetype="application/json")
+
+
+def _error_response(status: int, error: str, headers: dict | None = None) -> Response:
+    """Answer an ErrorResponse: ``{"error": <machine-readable code>}``."""
+    return _json_response(status, {"error": error}, headers)
+
+
+def _error_code(status: int) -> str:
+    """Name a status as an error code: 503 -> "service_unavailable"."""
+    phrase = HTTP_STATUS_CODES.get(status, "error")
+    return re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
+
+
+def _iso_utc(timestamp: float) -> str:
+    """Format a time.time() value as ISO-8601 UTC with a Z, to the second."""
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# -- WebSockets ------------------------------------------------------------------------
+
+
+class _WebSocketEnded(ConnectionError):
+    """Raised by the WSGI app once a WebSocket is over, as flask-sock does.
+
+    werkzeug's server takes a ConnectionError as "the client went away" and writes
+    nothing more, which is right: the socket no longer speaks HTTP.
+    """
+
+
+class _StreamSocket(simple_websocket.Server):
+    """simple-websocket's server side, able to play dead."""
+
+    def __init__(self, environ: dict, is_silent: typing.Callable[[], bool],
+                 thread_class: typing.Callable[..., threading.Thread]) -> None:
+        self._is_silent = is_silent
+        super().__init__(environ, thread_class=thread_class)
+
+    def _handle_events(self) -> bool:
+        # simple-websocket answers pings here, in its reader thread: while the fake is
+        # silent, swallow every event instead, so the client sees a dead peer.
+        if not (self.connected and self._is_silent()):
+            return super()._handle_events()
+        for _event in self.ws.events():
+            pass
+        return True
+
+
+class _Connection:
+    """One accepted WebSocket: its socket, its outbox of frames, its fault plan.
+
+    The werkzeug thread that accepted it sends the outbox in order; simple-websocket's
+    reader thread reads (and ignores) what the client says and reports when it ends.
+    """
+
+    def __init__(self, key: _StreamKey,
+                 on_reader_exit: typing.Callable[[_Connection], None]) -> None:
+        self.key = key
+        #: Frames to send: str (text), bytes (binary) or _Close; _ENDED wakes the sender.
+        self.outbox: queue.SimpleQueue = queue.SimpleQueue()
+        #: Data frames to send before an abrupt cut (drop_after_frames); None: no limit.
+        self.frames_left: int | None = None
+        #: True once the socket is cut or its reader has stopped; guarded by the fake's lock.
+        self.ended = False
+        self._on_reader_exit = on_reader_exit
+        self.ws: _StreamSocket | None = None
+
+    def accept(self, environ: dict, is_silent: typing.Callable[[], bool]) -> None:
+        """Complete the upgrade (the 101 response) and start the reader thread."""
+        self.ws = _StreamSocket(environ, is_silent, thread_class=self._make_reader)
+
+    def write(self, item: str | bytes | _Close) -> bool:
+        """Send one data or close frame; False when the socket is gone."""
+        try:
+            if isinstance(item, _Close):
+                self.ws.close(item.code, item.reason)
+            else:
+                self.ws.send(item)
+        # Besides ConnectionClosed and OSError, wsproto raises its LocalProtocolError
+        # when a client's close frame races our send; simple-websocket does not export it.
+        except Exception as exc:
+            logger.debug("cannot write to a %s socket: %r", self.key.kind, exc)
+            return False
+        if self.frames_left is not None and not isinstance(item, _Close):
+            self.frames_left -= 1
+        return True
+
+    def await_reader(self, timeout: float | None = None) -> None:
+        """Wait for the reader thread to end (the client's close frame, or EOF)."""
+        self.ws.thread.join(timeout)
+
+    def shutdown(self) -> None:
+        """Cut the TCP connection without a close frame; the reader thread then ends."""
+        try:
+            self.ws.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already closed by the client or by an earlier cut
+            pass
+
+    def client_close_code(self) -> int | None:
+        """The code of the close frame the client sent, if it sent one with a code."""
+        code = int(self.ws.close_reason)
+        return None if code == _NO_STATUS_RECEIVED else code
+
+    def _make_reader(self, target: typing.Callable[[], None]) -> threading.Thread:
+        """Build simple-websocket's reader thread so that its end wakes our sender."""
+        return threading.Thread(target=self._read, args=(target,),
+                                name="rakerone-fake-ws-reader", daemon=True)
+
+    def _read(self, target: typing.Callable[[], None]) -> None:
+        try:
+            target()
+        finally:
+            self._on_reader_exit(self)
+
+
+class _QuietRequestHandler(WSGIRequestHandler):
+    """werkzeug's request handler, logging to ``rakerone.fake`` at debug level."""
+
+    def log(self, level: str, message: str, *args: object) -> None:
+        logger.debug(message, *args)
+
+
+# -- The fake server -------------------------------------------------------------------
+
+
+class FakeRakerOne:
+    """A RakerOne API on one local port: runs, tickets, run and brief WebSockets.
+
+    Scripting methods add runs and briefs and emit stream messages; fault methods make
+    the next requests or connections fail in chosen ways; read-only properties tell
+    what the fake saw. Every method is safe to call from any thread. ``with`` starts
+    and stops it; ``stop()`` closes every socket and joins every thread it started.
+    """
+
+    def __init__(self, api_key: str = "test-key", host: str = "127.0.0.1", port: int = 0,
+                 *, ticket_ttl: float = 300.0, single_use_tickets: bool = False,
+                 include_ws_url: bool = True) -> None:
+        self.api_key = api_key
+        self.host = host
+        #: The port to bind; after start(), the bound one (0 picks a free port).
+        self.port = port
+        #: Seconds a ticket stays valid after minting.
+        self.ticket_ttl = ticket_ttl
+        #: Whether a ticket opens only one WebSocket.
+        self.single_use_tickets = single_use_tickets
+        #: Whether ticket responses carry ``wsUrl``.
+        self.include_ws_url = include_ws_url
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # silence lifted, or a socket ended
+        self._server = None
+        self._serve_thread: threading.Thread | None = None
+        self._request_threads: weakref.WeakSet = weakref.WeakSet()
+        self._runs: dict = {}
+        self._streams: dict = {}
+        self._tickets: dict = {}
+        self._open: set = set()
+        self._faults: list = []
+        self._rejections: collections.deque = collections.deque()
+        self._drop_plans: collections.deque = collections.deque()
+        self._silent = False
+        self._tickets_minted = 0
+        self._connections = 0
+        self._client_close_codes: list = []
+        self._requests_seen: list = []
+
+    def __repr__(self) -> str:
+        state = "running" if self._server is not None else "stopped"
+        return f"<FakeRakerOne {self.base_url} {state}, {self.live_connections} live sockets>"
+
+    def __enter__(self) -> FakeRakerOne:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """The API root to give the client, e.g. ``http://127.0.0.1:PORT/api``."""
+        return f"http://{self._netloc}/api"
+
+    @property
+    def _netloc(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    # -- Lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> FakeRakerOne:
+        """Bind (port 0 picks a free port) and serve from a daemon thread; return self."""
+        if self._server is not None:
+            raise RuntimeError("the fake is already running")
+        try:
+            server = make_server(self.host, self.port, self._wsgi_app, threaded=True,
+                                 request_handler=_QuietRequestHandler)
+        except SystemExit as exc:  # werkzeug reports a failed bind by printing and exiting
+            raise OSError(f"cannot listen on {self._netloc}") from exc
+        self.port = server.port
+        thread = threading.Thread(target=server.serve_forever, name="rakerone-fake-server",
+                                  kwargs={"poll_interval": _SERVE_POLL_SECONDS}, daemon=True)
+        with self._lock:
+            self._server, self._serve_thread = server, thread
+        thread.start()
+        logger.debug("serving %s", self.base_url)
+        return self
+
+    def stop(self) -> None:
+        """Cut every WebSocket, stop serving, and join every thread the fake started.
+
+        Calling it again does nothing. State (runs, history, counters) is kept, so
+        ``start()`` serves it again on the same port.
+        """
+        with self._lock:
+            server, thread = self._server, self._serve_thread
+            self._server = self._serve_thread = None
+            connections = list(self._open)
+        if server is None:
+            return
+        for conn in connections:
+            self._cut(conn)
+        server.shutdown()
+        thread.join()  # serve_forever() ends with server_close(), closing the listener
+        with self._lock:
+            request_threads = list(self._request_threads)
+        for request_thread in request_threads:
+            request_thread.join()
+        logger.debug("stopped %s", self.base_url)
+
+    # -- Scripting ---------------------------------------------------------------------
+
+    def add_run(self, project_id: str, run: dict) -> dict:
+        """Store a run (it needs an ``"id"``) with an empty event stream; return a copy."""
+        if "id" not in run:
+            raise ValueError("a run needs an 'id'")
+        stored = dict(run)
+        with self._lock:
+            self._runs[(project_id, stored["id"])] = stored
+            self._streams.setdefault(_StreamKey("run", project_id, stored["id"]), _Stream())
+            return dict(stored)
+
+    def update_run(self, project_id: str, run_id: str, **fields: object) -> dict:
+        """Merge fields into a stored run (e.g. ``status="completed"``); return a copy."""
+        with self._lock:
+            run = self._runs.get((project_id, run_id))
+            if run is None:
+                raise KeyError(f"no run {project_id}/{run_id}: add_run() it first")
+            run.update(fields)
+            return dict(run)
+
+    def add_brief(self, project_id: str, brief_id: str) -> None:
+        """Create a brief with an empty shaping-log stream."""
+        with self._lock:
+            self._streams.setdefault(_StreamKey("brief", project_id, brief_id), _Stream())
+
+    def emit_run_event(self, project_id: str, run_id: str, message: dict) -> None:
+        """Append a message to a run's history and send it to its live sockets."""
+        self._emit(_StreamKey("run", project_id, run_id), message)
+
+    def emit_brief_entry(self, project_id: str, brief_id: str, message: dict) -> None:
+        """Append a message to a brief's history and send it to its live sockets."""
+        self._emit(_StreamKey("brief", project_id, brief_id), message)
+
+    def finish_run_stream(self, project_id: str, run_id: str, code: int = 1000,
+                          reason: str = "") -> None:
+        """Close a run's live sockets with ``code``; later ones get history, then that."""
+        self._finish(_StreamKey("run", project_id, run_id), _Close(code, reason))
+
+    def finish_brief_stream(self, project_id: str, brief_id: str, code: int = 1000,
+                            reason: str = "") -> None:
+        """Close a brief's live sockets with ``code``; later ones get history, then that."""
+        self._finish(_StreamKey("brief", project_id, brief_id), _Close(code, reason))
+
+    def _emit(self, key: _StreamKey, message: dict) -> None:
+        frame = json.dumps(message)
+        with self._lock:
+            stream = self._stream(key)
+            stream.history.append(frame)
+            for conn in stream.subscribers:
+                conn.outbox.put(frame)
+
+    def _finish(self, key: _StreamKey, close: _Close) -> None:
+        with self._lock:
+            stream = self._stream(key)
+            stream.finish = close
+            self._close_subscribers(stream, close)
+
+    def _stream(self, key: _StreamKey) -> _Stream:
+        """Find a stream (holding the lock); KeyError names what to add first."""
+        stream = self._streams.get(key)
+        if stream is None:
+            adder = "add_run" if key.kind == "run" else "add_brief"
+            raise KeyError(f"no {key.kind} {key.project_id}/{key.stream_id}: {adder}() it first")
+        return stream
+
+    @staticmethod
+    def _close_subscribers(stream: _Stream, close: _Close) -> None:
+        """Queue a close frame for each live socket of a stream, which then gets no more."""
+        for conn in stream.subscribers:
+            conn.outbox.put(close)
+        stream.subscribers.clear()
+
+    # -- Fault injection ---------------------------------------------------------------
+
+    def fail_next_requests(self, count: int, status: int = 503, *, retry_after: object = None,
+                           html: bool = False, paths: str = "") -> None:
+        """Answer ``status`` to the next ``count`` HTTP requests whose path contains ``paths``.
+
+        The body is an ErrorResponse, or with ``html=True`` a proxy's HTML error page;
+        ``retry_after`` sets a Retry-After header. WebSocket upgrades are not affected.
+        """
+        if count > 0:
+            with self._lock:
+                self._faults.append(_Fault(status, retry_after, html, paths, count))
+
+    def drop_streams(self) -> None:
+        """Cut every open WebSocket at the TCP level, with no close frame (the client: 1006)."""
+        with self._lock:
+            connections = list(self._open)
+        for conn in connections:
+            self._cut(conn)
+
+    def drop_after_frames(self, frames: int, connections: int = 1) -> None:
+        """Cut the next ``connections`` WebSockets abruptly after ``frames`` data frames.
+
+        History frames count; 0 cuts right after the upgrade.
+        """
+        with self._lock:
+            self._drop_plans.extend([frames] * connections)
+
+    def close_streams(self, code: int, reason: str = "") -> None:
+        """Send a close frame to every live socket; streams stay open to new ones."""
+        close = _Close(code, reason)
+        with self._lock:
+            for stream in self._streams.values():
+                self._close_subscribers(stream, close)
+
+    def reject_next_connections(self, count: int = 1, *, status: int | None = None,
+                                close_code: int | None = None) -> None:
+        """Turn away the next ``count`` WebSocket upgrades; give exactly one way.
+
+        ``status``: answer that HTTP status (ErrorResponse JSON) instead of upgrading.
+        ``close_code``: upgrade (checking the ticket), then close with that code at once.
+        """
+        if (status is None) == (close_code is None):
+            raise ValueError("give exactly one of status or close_code")
+        with self._lock:
+            self._rejections.extend([_Rejection(status, close_code)] * count)
+
+    def send_raw_frame(self, data: str | bytes) -> None:
+        """Send a str (text frame) or bytes (binary frame) as-is to every live socket.
+
+        The frame is not added to any history, so a reconnecting client does not see it.
+        """
+        if not isinstance(data, (str, bytes)):
+            raise TypeError(f"send a str or bytes, not {type(data).__name__}")
+        with self._lock:
+            for stream in self._streams.values():
+                for conn in stream.subscribers:
+                    conn.outbox.put(data)
+
+    def stop_answering_pings(self) -> None:
+        """Play dead: open and new sockets send nothing, answer no ping, ignore clients.
+
+        Upgrades still succeed. Frames meant for these sockets (close frames too) wait,
+        as on a stalled network, until resume_answering_pings(); a client's close frame
+        is lost. drop_streams() and stop() still cut at once.
+        """
+        with self._lock:
+            self._silent = True
+
+    def resume_answering_pings(self) -> None:
+        """Come back to life: answer pings and send the frames that waited."""
+        with self._lock:
+            self._silent = False
+            self._changed.notify_all()
+
+    def expire_tickets(self) -> None:
+        """Make every ticket minted so far expired (later upgrades get ticket_expired)."""
+        now = time.time()
+        with self._lock:
+            for ticket in self._tickets.values():
+                ticket.expires_at = min(ticket.expires_at, now)
+
+    # -- Observation -------------------------------------------------------------------
+
+    @property
+    def tickets_minted(self) -> int:
+        """How many ws-ticket requests succeeded."""
+        return self._tickets_minted
+
+    @property
+    def connections(self) -> int:
+        """How many WebSocket upgrades were accepted."""
+        return self._connections
+
+    @property
+    def live_connections(self) -> int:
+        """How many WebSockets are open right now."""
+        with self._lock:
+            return len(self._open)
+
+    @property
+    def client_close_codes(self) -> list:
+        """The codes of the close frames clients sent, in order (a copy)."""
+        with self._lock:
+            return list(self._client_close_codes)
+
+    @property
+    def requests_seen(self) -> list:
+        """``(method, path)`` of every request, upgrades included, in order (a copy)."""
+        with self._lock:
+            return list(self._requests_seen)
+
+    def wait_for(self, predicate: typing.Callable[[], object], timeout: float = 5.0) -> bool:
+        """Poll ``predicate()`` until it is true (return True) or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_WAIT_POLL_SECONDS)
+        return True
+
+    # -- HTTP --------------------------------------------------------------------------
+
+    def _wsgi_app(self, environ: dict, start_response: typing.Callable) -> typing.Iterable:
+        """Answer one request; werkzeug calls this on a new thread per connection."""
+        request = Request(environ)
+        with self._lock:
+            self._request_threads.add(threading.current_thread())
+            self._requests_seen.append((request.method, request.path))
+        return self._respond(request)(environ, start_response)
+
+    def _respond(self, request: Request) -> Response:
+        adapter = _ROUTES.bind_to_environ(request.environ)
+        fault = None if adapter.websocket else self._take_fault(request.path)
+        if fault is not None:
+            return fault.response()
+        try:
+            endpoint, arguments = adapter.match()
+        except WebsocketMismatch:
+            if adapter.websocket:  # an upgrade to a plain endpoint: no socket there
+                return _error_response(404, "not_found")
+            return _error_response(400, "upgrade_required")
+        except MethodNotAllowed as exc:
+            allow = ", ".join(sorted(exc.valid_methods or ()))
+            return _error_response(405, "method_not_allowed", {"Allow": allow})
+        except HTTPException as exc:
+            return _error_response(exc.code, _error_code(exc.code))
+        return getattr(self, endpoint)(request, **arguments)
+
+    def _take_fault(self, path: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.paths in path:
+                    fault.remaining -= 1
+                    if fault.remaining == 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def _is_authorized(self, request: Request) -> bool:
+        auth = request.authorization
+        return auth is not None and auth.type == "bearer" and auth.token == self.api_key
+
+    def _get_run(self, request: Request, project_id: str, run_id: str) -> Response:
+        if not self._is_authorized(request):
+            return _error_response(401, "unauthorized")
+        with self._lock:
+            run = self._runs.get((project_id, run_id))
+            body = None if run is None else json.dumps({"run": run})
+        if body is None:
+            return _error_response(404, "not_found")
+        return Response(body, 200, mimetype="application/json")
+
+    def _mint_ticket(self, request: Request, kind: str, project_id: str,
+                     stream_id: str) -> Response:
+        if not self._is_authorized(request):
+            return _error_response(401, "unauthorized")
+        key = _StreamKey(kind, project_id, stream_id)
+        ttl = self.ticket_ttl
+        ticket = secrets.token_urlsafe(32)
+        expires_at = time.time() + ttl
+        with self._lock:
+            if key not in self._streams:
+                return _error_response(404, "not_found")
+            self._tickets[ticket] = _Ticket(key, expires_at)
+            self._tickets_minted += 1
+        body = {"ticket": ticket, "expiresAt": _iso_utc(expires_at), "expiresInSeconds": ttl}
+        if self.include_ws_url:
+            query = urllib.parse.urlencode({"ticket": ticket})
+            body["wsUrl"] = f"ws://{self._netloc}/api{key.path}/ws?{query}"
+        return _json_response(200, body)
+
+    # -- WebSocket serving -------------------------------------------------------------
+
+    def _open_socket(self, request: Request, kind: str, project_id: str,
+                     stream_id: str) -> Response:
+        """Refuse the upgrade with an error response, or serve the socket until it ends.
+
+        Once upgraded this never returns: it raises _WebSocketEnded for werkzeug.
+        """
+        key = _StreamKey(kind, project_id, stream_id)
+        rejection = self._take_rejection()
+        if rejection is not None and rejection.status is not None:
+            return _error_response(rejection.status, _error_code(rejection.status))
+        problem = self._ticket_problem(request.args.get("ticket", ""), key)
+        if problem is not None:
+            return _error_response(404 if problem == "not_found" else 401, problem)
+        conn = _Connection(key, on_reader_exit=self._end_connection)
+        conn.accept(request.environ, is_silent=lambda: self._silent)
+        try:
+            if self._register(conn, None if rejection is None else rejection.close_code):
+                self._pump(conn)
+        finally:
+            self._retire(conn)
+        raise _WebSocketEnded()
+
+    def _take_rejection(self) -> _Rejection | None:
+        with self._lock:
+            return self._rejections.popleft() if self._rejections else None
+
+    def _ticket_problem(self, value: str, key: _StreamKey) -> str | None:
+        """Check and use a ticket; return the error code when it cannot open ``key``."""
+        with self._lock:
+            if key not in self._streams:
+                return "not_found"
+            ticket = self._tickets.get(value)
+            if ticket is None or ticket.key != key or (ticket.used and self.single_use_tickets):
+                return "invalid_ticket"
+            if time.time() >= ticket.expires_at:
+                return "ticket_expired"
+            ticket.used = True
+            return None
+
+    def _register(self, conn: _Connection, close_code: int | None) -> bool:
+        """Queue the connection's first frames and subscribe it; False if stopping."""
+        with self._lock:
+            self._open.add(conn)
+            self._connections += 1
+            if self._server is None:
+                return False
+            if close_code is not None:
+                conn.outbox.put(_Close(close_code))
+                return True
+            if self._drop_plans:
+                conn.frames_left = self._drop_plans.popleft()
+            stream = self._streams[conn.key]
+            for frame in stream.history:
+                conn.outbox.put(frame)
+            if stream.finish is None:
+                stream.subscribers.add(conn)
+            else:
+                conn.outbox.put(stream.finish)
+        logger.debug("%s socket open for %s/%s", *conn.key)
+        return True
+
+    def _pump(self, conn: _Connection) -> None:
+        """Send the outbox in order until the socket ends, closes, or uses its frames."""
+        while conn.frames_left != 0:
+            item = conn.outbox.get()
+            if not self._wait_until_audible(conn):  # the item may be _ENDED itself
+                return
+            if isinstance(item, _Close):
+                if conn.write(item):
+                    conn.await_reader(_CLOSE_GRACE_SECONDS)
+                return
+            if not conn.write(item):
+                return
+
+    def _wait_until_audible(self, conn: _Connection) -> bool:
+        """Block while the fake is silent; False once the connection has ended."""
+        with self._changed:
+            self._changed.wait_for(lambda: conn.ended or not self._silent)
+            return not conn.ended
+
+    def _end_connection(self, conn: _Connection) -> None:
+        """Mark a connection ended and wake its sender, wherever that waits."""
+        with self._changed:
+            conn.ended = True
+            self._changed.notify_all()
+        conn.outbox.put(_ENDED)
+
+    def _cut(self, conn: _Connection) -> None:
+        self._end_connection(conn)
+        conn.shutdown()
+
+    def _retire(self, conn: _Connection) -> None:
+        """Release a finished connection's socket and reader thread; note its close code."""
+        # Ends the reader if still running, and werkzeug's keep-alive loop (no
+        # "Connection: close" went out on this socket) reads EOF instead of waiting.
+        conn.shutdown()
+        conn.await_reader()
+        code = conn.client_close_code()
+        with self._lock:
+            self._open.discard(conn)
+            self._streams[conn.key].subscribers.discard(conn)
+            if code is not None:
+                self._client_close_codes.append(code)
+        logger.debug("%s socket closed for %s/%s", *conn.key)
+
+
+# -- Command line ----------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the fake from the command line; return the exit status."""
+    args = _build_parser().parse_args(argv)
+    return args.command(args)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rakerone_fake",
+        description="Serve a fake RakerOne API (HTTP and WebSockets on one port).",
+    )
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=0,
+                        help="port to bind (default: 0, a free one)")
+    parser.add_argument("--api-key", default="test-key",
+                        help="bearer key to accept (default: %(default)s)")
+    parser.set_defaults(command=_serve)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    serve = commands.add_parser("serve",
+                                help="serve a sample run and brief until Ctrl-C (the default)")
+    serve.set_defaults(command=_serve)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Serve the sample run and brief, print the variables to export, wait for Ctrl-C."""
+    fake = FakeRakerOne(args.api_key, args.host, args.port)
+    fake.add_run(SAMPLE_PROJECT_ID, SAMPLE_RUN)
+    fake.finish_run_stream(SAMPLE_PROJECT_ID, SAMPLE_RUN["id"])  # the run has completed
+    fake.add_brief(SAMPLE_PROJECT_ID, SAMPLE_BRIEF_ID)
+    with fake:
+        print(f"export RAKERONE_BASE_URL={shlex.quote(fake.base_url)}")
+        print(f"export RAKERONE_API_KEY={shlex.quote(fake.api_key)}", flush=True)
+        print(f"# run {SAMPLE_PROJECT_ID}/{SAMPLE_RUN['id']}, brief {SAMPLE_BRIEF_ID};"
+              " Ctrl-C stops", file=sys.stderr)
+        try:
+            # Wake up now and then: when the kernel hands SIGINT to a server thread,
+            # Python raises KeyboardInterrupt only once the main thread runs again.
+            while True:
+                time.sleep(_SIGNAL_POLL_SECONDS)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
