@@ -27,6 +27,7 @@ import platform
 import random
 import re
 import struct
+import sys
 import time
 import uuid
 from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Union
@@ -64,6 +65,7 @@ __all__ = [
     "APITimeoutError",
     "StreamError",
     "StreamTimeoutError",
+    "StreamDisconnectedError",
 ]
 
 # -- Constants -------------------------------------------------------------------------
@@ -190,6 +192,10 @@ class StreamError(RakerOneError):
 
 class StreamTimeoutError(StreamError):
     """No event arrived within the stream's ``idle_timeout``."""
+
+
+class StreamDisconnectedError(StreamError):
+    """The stream was lost and ``max_reconnects`` attempts in a row could not restore it."""
 
 
 _ERROR_CLASSES = {
@@ -420,6 +426,8 @@ class Event:
 # -- HTTP ------------------------------------------------------------------------------
 
 Timeout = Union[float, Tuple[float, float]]
+#: An id as the API takes it: a string, or an int or UUID written out.
+Id = Union[str, int, uuid.UUID]
 
 
 class _BearerAuth(requests.auth.AuthBase):
@@ -674,7 +682,7 @@ class Client:
 
     # .. Endpoints .....................................................................
 
-    def get_run(self, project_id: Union[str, int, uuid.UUID], run_id: Union[str, int, uuid.UUID]) -> PlaybookRun:
+    def get_run(self, project_id: Id, run_id: Id) -> PlaybookRun:
         """Fetch one playbook run.
 
         Raises NotFoundError for an unknown project or run, AuthenticationError for a
@@ -685,12 +693,12 @@ class Client:
         run = payload.get("run") if isinstance(payload, dict) else None
         return self._parse(PlaybookRun.from_dict, run, f"GET {path}", payload)
 
-    def mint_run_ticket(self, project_id: Union[str, int, uuid.UUID], run_id: Union[str, int, uuid.UUID]) -> WsTicket:
+    def mint_run_ticket(self, project_id: Id, run_id: Id) -> WsTicket:
         """Mint a short-lived ticket for the run's WebSocket (see ``iter_run_events``)."""
         path = self._run_path(project_id, run_id) + "/ws-ticket"
         return self._parse(WsTicket.from_dict, self._request("POST", path), f"POST {path}")
 
-    def mint_brief_ticket(self, project_id: Union[str, int, uuid.UUID], brief_id: Union[str, int, uuid.UUID]) -> WsTicket:
+    def mint_brief_ticket(self, project_id: Id, brief_id: Id) -> WsTicket:
         """Mint a short-lived ticket for the brief's shaping-log WebSocket."""
         path = self._brief_path(project_id, brief_id) + "/ws-ticket"
         return self._parse(WsTicket.from_dict, self._request("POST", path), f"POST {path}")
@@ -787,8 +795,8 @@ class Client:
 
     def iter_run_events(
         self,
-        project_id: Union[str, int, uuid.UUID],
-        run_id: Union[str, int, uuid.UUID],
+        project_id: Id,
+        run_id: Id,
         *,
         reconnect: bool = True,
         max_reconnects: int = 5,
@@ -801,8 +809,9 @@ class Client:
         Every connection mints a fresh ticket. Drops and server restarts reconnect
         (``max_reconnects`` failures in a row give up); an event whose id was already
         yielded is skipped. A silent peer is pinged after ``ping_interval`` seconds and
-        dropped after ``ping_timeout`` more. Raises StreamError when the stream cannot
-        go on, StreamTimeoutError after ``idle_timeout`` seconds without an event,
+        dropped after ``ping_timeout`` more. Raises StreamDisconnectedError when
+        reconnects run out, StreamError for a frame that is not JSON,
+        StreamTimeoutError after ``idle_timeout`` seconds without an event, and
         AuthenticationError / PermissionDeniedError / NotFoundError when refused.
         """
         path = self._run_path(project_id, run_id)
@@ -811,8 +820,8 @@ class Client:
 
     def iter_brief_events(
         self,
-        project_id: Union[str, int, uuid.UUID],
-        brief_id: Union[str, int, uuid.UUID],
+        project_id: Id,
+        brief_id: Id,
         *,
         reconnect: bool = True,
         max_reconnects: int = 5,
@@ -850,7 +859,7 @@ class Client:
         """Sleep before the next connection, or raise StreamError when out of tries."""
         if not settings.reconnect or failures > settings.max_reconnects:
             tries = f"after {failures} failed attempt(s) in a row" if settings.reconnect else "(reconnect=False)"
-            raise StreamError(f"stream {path} ended {tries}: {lost}") from lost.cause
+            raise StreamDisconnectedError(f"stream {path} ended {tries}: {lost}") from lost.cause
         delay = max(_backoff(failures - 1, RECONNECT_BACKOFF_BASE, RECONNECT_BACKOFF_CAP), lost.retry_after)
         logger.info("stream %s: %s; reconnecting in %.2f s (%d of %d)", path, lost, delay,
                     failures, settings.max_reconnects)
@@ -932,6 +941,8 @@ class _StreamSettings:
     ping_interval: float
     ping_timeout: float
     idle_timeout: Optional[float]
+    #: A time.monotonic() instant at which the stream gives up (for ``rakerone run wait``).
+    deadline: Optional[float] = None
 
     @classmethod
     def checked(cls, reconnect: Any, max_reconnects: Any, ping_interval: Any, ping_timeout: Any,
@@ -1022,13 +1033,13 @@ class _Heartbeat:
             else:  # ping or pong: the peer is alive
                 self._last_frame_at = now
                 self._ping_sent_at = None
-                self._check_idle(now)
+                self._check_deadlines(now)
                 self._ws.settimeout(self._next_wake(now))
 
     def _on_silence(self) -> None:
         """No byte for a while: ping, declare the peer dead, or time out idle."""
         now = time.monotonic()
-        self._check_idle(now)
+        self._check_deadlines(now)
         settings = self._settings
         if self._ping_sent_at is not None:
             if now - self._ping_sent_at >= settings.ping_timeout:
@@ -1039,10 +1050,12 @@ class _Heartbeat:
             self._ping_sent_at = now
         self._ws.settimeout(self._next_wake(now))
 
-    def _check_idle(self, now: float) -> None:
+    def _check_deadlines(self, now: float) -> None:
         idle_timeout = self._settings.idle_timeout
         if idle_timeout is not None and now - self._last_event_at >= idle_timeout:
             raise StreamTimeoutError(f"no event for {idle_timeout:g} s (idle_timeout)")
+        if self._settings.deadline is not None and now >= self._settings.deadline:
+            raise StreamTimeoutError("the deadline passed")
 
     def _next_wake(self, now: float) -> float:
         settings = self._settings
@@ -1052,6 +1065,8 @@ class _Heartbeat:
             due = self._ping_sent_at + settings.ping_timeout
         if settings.idle_timeout is not None:
             due = min(due, self._last_event_at + settings.idle_timeout)
+        if settings.deadline is not None:
+            due = min(due, settings.deadline)
         return max(due - now, 0.001)
 
 
@@ -1113,25 +1128,25 @@ def _socket_proxy_options(url: str) -> dict:
 # -- Shortcuts -------------------------------------------------------------------------
 
 
-def get_run(project_id: Union[str, int, uuid.UUID], run_id: Union[str, int, uuid.UUID]) -> PlaybookRun:
+def get_run(project_id: Id, run_id: Id) -> PlaybookRun:
     """Fetch one run with a client built from the environment; see ``Client.get_run``."""
     with Client() as client:
         return client.get_run(project_id, run_id)
 
 
-def mint_run_ticket(project_id: Union[str, int, uuid.UUID], run_id: Union[str, int, uuid.UUID]) -> WsTicket:
+def mint_run_ticket(project_id: Id, run_id: Id) -> WsTicket:
     """Mint a run ticket with a client built from the environment."""
     with Client() as client:
         return client.mint_run_ticket(project_id, run_id)
 
 
-def mint_brief_ticket(project_id: Union[str, int, uuid.UUID], brief_id: Union[str, int, uuid.UUID]) -> WsTicket:
+def mint_brief_ticket(project_id: Id, brief_id: Id) -> WsTicket:
     """Mint a brief ticket with a client built from the environment."""
     with Client() as client:
         return client.mint_brief_ticket(project_id, brief_id)
 
 
-def iter_run_events(project_id: Union[str, int, uuid.UUID], run_id: Union[str, int, uuid.UUID],
+def iter_run_events(project_id: Id, run_id: Id,
                     **options: Any) -> Iterator[Event]:
     """Follow a run's events with a client built from the environment; options as
     for ``Client.iter_run_events``. The client is closed when the loop ends."""
@@ -1144,7 +1159,7 @@ def iter_run_events(project_id: Union[str, int, uuid.UUID], run_id: Union[str, i
     return _closing_client(client, events)
 
 
-def iter_brief_events(project_id: Union[str, int, uuid.UUID], brief_id: Union[str, int, uuid.UUID],
+def iter_brief_events(project_id: Id, brief_id: Id,
                       **options: Any) -> Iterator[Event]:
     """Follow a brief's shaping log with a client built from the environment."""
     client = Client()
@@ -1159,3 +1174,4 @@ def iter_brief_events(project_id: Union[str, int, uuid.UUID], brief_id: Union[st
 def _closing_client(client: Client, events: Iterator[Event]) -> Iterator[Event]:
     with client:
         yield from events
+

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import logging
+import os
+import shlex
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 import traceback
 import uuid
 
@@ -14,6 +22,7 @@ import requests
 import responses
 
 import rakerone
+import rakerone_fake
 
 API_KEY = "sk-live-0123456789abcdef"
 BASE_URL = "https://api.example.test/api"
@@ -586,3 +595,400 @@ def test_module_shortcuts_use_the_environment(monkeypatch, mocked):
     assert rakerone.get_run("p", "r").id == "r"
     assert rakerone.mint_run_ticket("p", "r").ticket == "t1"
     assert rakerone.mint_brief_ticket("p", "b").ticket == "t2"
+
+
+# -- Streams against the fake ----------------------------------------------------------
+# Everything below runs the real client against rakerone_fake on 127.0.0.1.
+
+PROJECT, RUN, BRIEF = "proj_9876543210", "a1b2c3d4-e5f6-7890-ab12-cd34ef567890", "brief_1"
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+
+
+@pytest.fixture
+def no_leaks():
+    """Fail a test that leaves a thread or a socket behind."""
+    threads_before = set(threading.enumerate())
+    fds_before = open_fds()
+    yield
+    gc.collect()
+    leaked_threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+    assert leaked_threads == []
+    assert open_fds() <= fds_before
+
+
+@pytest.fixture
+def fake(no_leaks):
+    with rakerone_fake.FakeRakerOne() as server:
+        server.add_run(PROJECT, dict(SEED_RUN_RESPONSE["run"], status="running", finishedAt=None))
+        server.add_brief(PROJECT, BRIEF)
+        yield server
+
+
+@pytest.fixture
+def stream_client(fake):
+    with rakerone.Client(fake.api_key, base_url=fake.base_url, timeout=5) as client:
+        yield client
+
+
+def run_event(n: int, **extra) -> dict:
+    return dict({"type": "step.progress", "id": f"e{n}", "data": {"n": n}}, **extra)
+
+
+def emit(fake, *numbers: int) -> None:
+    for n in numbers:
+        fake.emit_run_event(PROJECT, RUN, run_event(n))
+
+
+def record_tickets(client) -> list:
+    """Wrap the client's ticket minting to see every ticket it gets."""
+    minted = []
+    mint = client.mint_run_ticket
+
+    def recording(*args):
+        ticket = mint(*args)
+        minted.append(ticket.ticket)
+        return ticket
+
+    client.mint_run_ticket = recording
+    return minted
+
+
+def test_stream_yields_history_and_live_events_in_order_then_ends_on_close_1000(fake, stream_client):
+    emit(fake, 1, 2)
+    received = []
+
+    for event in stream_client.iter_run_events(PROJECT, RUN):
+        received.append(event)
+        if event.id == "e2":
+            emit(fake, 3)
+        elif event.id == "e3":
+            fake.finish_run_stream(PROJECT, RUN)
+
+    assert [event.id for event in received] == ["e1", "e2", "e3"]
+    assert received[2].type == "step.progress" and received[2].data == {"n": 3}
+    assert received[2].raw == run_event(3)
+    assert received[2].received_at.tzinfo is not None
+    assert fake.tickets_minted == fake.connections == 1
+
+
+def test_drop_mid_stream_resumes_with_every_event_exactly_once_and_a_ticket_per_connection(fake, stream_client):
+    emit(fake, 1, 2)
+    ids = []
+
+    for event in stream_client.iter_run_events(PROJECT, RUN):
+        ids.append(event.id)
+        if event.id == "e2":
+            fake.drop_streams()
+            emit(fake, 3)  # lands in history only: the socket is gone
+        elif event.id == "e3":
+            emit(fake, 4)
+        elif event.id == "e4":
+            fake.finish_run_stream(PROJECT, RUN)
+
+    assert ids == ["e1", "e2", "e3", "e4"]
+    assert fake.connections == 2
+    assert fake.tickets_minted == 2
+
+
+def test_events_without_ids_are_all_yielded(fake, stream_client):
+    fake.emit_run_event(PROJECT, RUN, {"type": "log", "text": "same"})
+    fake.emit_run_event(PROJECT, RUN, {"type": "log", "text": "same"})
+    fake.finish_run_stream(PROJECT, RUN)
+
+    events = list(stream_client.iter_run_events(PROJECT, RUN))
+
+    assert [event.data for event in events] == [{"type": "log", "text": "same"}] * 2
+
+
+def test_expired_single_use_tickets_are_replaced_on_reconnect(fake, stream_client):
+    fake.single_use_tickets = True
+    emit(fake, 1)
+    ids = []
+
+    for event in stream_client.iter_run_events(PROJECT, RUN):
+        ids.append(event.id)
+        if event.id == "e1":
+            fake.expire_tickets()
+            fake.drop_streams()
+            emit(fake, 2)
+        else:
+            fake.finish_run_stream(PROJECT, RUN)
+
+    assert ids == ["e1", "e2"]
+    assert fake.tickets_minted == fake.connections == 2
+
+
+def test_ticket_endpoint_503_during_reconnect_is_retried(fake, stream_client):
+    emit(fake, 1)
+    ids = []
+
+    for event in stream_client.iter_run_events(PROJECT, RUN):
+        ids.append(event.id)
+        if event.id == "e1":
+            fake.fail_next_requests(4, 503, paths="ws-ticket")  # more than max_retries=2
+            fake.drop_streams()
+            emit(fake, 2)
+        else:
+            fake.finish_run_stream(PROJECT, RUN)
+
+    assert ids == ["e1", "e2"]
+    assert fake.connections == 2
+
+
+@pytest.mark.parametrize("close_code", [1001, 1011, 1012, 1013])
+def test_server_restart_close_codes_reconnect(fake, stream_client, close_code):
+    emit(fake, 1)
+    ids = []
+
+    for event in stream_client.iter_run_events(PROJECT, RUN):
+        ids.append(event.id)
+        if event.id == "e1":
+            fake.close_streams(close_code)
+            emit(fake, 2)
+        else:
+            fake.finish_run_stream(PROJECT, RUN)
+
+    assert ids == ["e1", "e2"] and fake.connections == 2
+
+
+def test_handshake_401_raises_authentication_error_without_retrying(fake, stream_client):
+    fake.reject_next_connections(5, status=401)
+
+    with pytest.raises(rakerone.AuthenticationError) as raised:
+        next(stream_client.iter_run_events(PROJECT, RUN))
+
+    assert raised.value.status_code == 401
+    assert fake.tickets_minted == 1 and fake.connections == 0
+
+
+@pytest.mark.parametrize("close_code, error_class", [
+    (4401, rakerone.AuthenticationError),
+    (4403, rakerone.PermissionDeniedError),
+    (1008, rakerone.PermissionDeniedError),
+    (4404, rakerone.NotFoundError),
+])
+def test_not_allowed_close_codes_raise_without_retrying(fake, stream_client, close_code, error_class):
+    fake.reject_next_connections(5, close_code=close_code)
+
+    with pytest.raises(error_class, match=str(close_code)):
+        next(stream_client.iter_run_events(PROJECT, RUN))
+
+    assert fake.connections == 1
+
+
+def test_unknown_run_raises_not_found(fake, stream_client):
+    with pytest.raises(rakerone.NotFoundError):
+        next(stream_client.iter_run_events(PROJECT, "no-such-run"))
+
+
+def test_handshake_404_raises_not_found(fake, stream_client):
+    fake.reject_next_connections(1, status=404)
+
+    with pytest.raises(rakerone.NotFoundError):
+        next(stream_client.iter_run_events(PROJECT, RUN))
+
+
+def test_exhausted_reconnects_raise_stream_error_with_the_last_cause(fake, stream_client, sleeps):
+    stream_client._sleep = sleeps.append
+    fake.drop_after_frames(0, connections=10)
+
+    with pytest.raises(rakerone.StreamDisconnectedError, match="after 3 failed attempt") as raised:
+        next(stream_client.iter_run_events(PROJECT, RUN, max_reconnects=2))
+
+    assert "connection dropped" in str(raised.value)
+    assert raised.value.__cause__ is not None
+    assert fake.connections == 3 and fake.tickets_minted == 3
+    assert len(sleeps) == 2
+
+
+def test_reconnect_false_raises_on_the_first_drop(fake, stream_client):
+    emit(fake, 1)
+    events = stream_client.iter_run_events(PROJECT, RUN, reconnect=False)
+    next(events)
+    fake.drop_streams()
+
+    with pytest.raises(rakerone.StreamError, match="reconnect=False"):
+        next(events)
+
+
+def test_a_frame_that_is_not_json_raises_stream_error_quoting_it(fake, stream_client):
+    fake.send_raw_frame("<<definitely not json>>")  # no live socket yet: nothing happens
+    emit(fake, 1)
+    events = stream_client.iter_run_events(PROJECT, RUN)
+    next(events)
+    fake.send_raw_frame("<<definitely not json>>")
+
+    with pytest.raises(rakerone.StreamError, match="not UTF-8 JSON: '<<definitely not json>>'"):
+        next(events)
+
+
+def test_a_binary_frame_holding_utf8_json_is_an_event(fake, stream_client):
+    emit(fake, 1)
+    events = stream_client.iter_run_events(PROJECT, RUN)
+    next(events)
+    fake.send_raw_frame(json.dumps({"type": "note", "id": "b1", "data": "héllo"}).encode())
+
+    assert next(events).data == "héllo"
+    events.close()
+
+
+def test_a_binary_frame_that_is_not_utf8_raises_stream_error(fake, stream_client):
+    emit(fake, 1)
+    events = stream_client.iter_run_events(PROJECT, RUN)
+    next(events)
+    fake.send_raw_frame(b'{"data": "\xff\xfe"}')
+
+    with pytest.raises(rakerone.StreamError, match="not UTF-8 JSON"):
+        next(events)
+
+
+def test_a_silent_peer_is_detected_within_ping_interval_plus_ping_timeout(fake, stream_client):
+    emit(fake, 1)
+    events = stream_client.iter_run_events(PROJECT, RUN, reconnect=False, ping_interval=0.3, ping_timeout=0.3)
+    next(events)
+    fake.stop_answering_pings()
+    started = time.monotonic()
+
+    with pytest.raises(rakerone.StreamError, match="no answer to a ping within 0.3 s"):
+        next(events)
+
+    assert 0.5 <= time.monotonic() - started < 0.6 + 0.5
+
+
+def test_a_silent_peer_is_replaced_by_a_new_connection(fake, stream_client):
+    emit(fake, 1)
+    resume = threading.Timer(0.7, fake.resume_answering_pings)  # after the first is declared dead
+    ids = []
+
+    for event in stream_client.iter_run_events(PROJECT, RUN, ping_interval=0.2, ping_timeout=0.2):
+        ids.append(event.id)
+        if event.id == "e1":
+            fake.stop_answering_pings()
+            resume.start()
+            emit(fake, 2)  # the silent connection does not deliver it; the next one does
+        else:
+            fake.finish_run_stream(PROJECT, RUN)
+    resume.join()
+
+    assert ids == ["e1", "e2"] and fake.connections >= 2
+
+
+def test_a_quiet_but_alive_stream_is_kept_open_by_pings(fake, stream_client):
+    emit(fake, 1)
+    events = stream_client.iter_run_events(PROJECT, RUN, reconnect=False, ping_interval=0.1, ping_timeout=0.5)
+    next(events)
+    later = threading.Timer(0.6, emit, (fake, 2))
+    later.start()
+
+    assert next(events).id == "e2"
+    assert fake.connections == 1
+    events.close()
+    later.join()
+
+
+def test_idle_timeout_raises_stream_timeout_error(fake, stream_client):
+    emit(fake, 1)
+    events = stream_client.iter_run_events(PROJECT, RUN, idle_timeout=0.3, ping_interval=0.1)
+    next(events)
+    started = time.monotonic()
+
+    with pytest.raises(rakerone.StreamTimeoutError, match="no event for 0.3 s"):
+        next(events)
+
+    assert 0.25 <= time.monotonic() - started < 1.0
+    assert fake.wait_for(lambda: fake.client_close_codes == [1000])
+
+
+def test_breaking_out_early_sends_close_1000_and_releases_the_socket(fake, stream_client):
+    emit(fake, 1, 2, 3)
+
+    for event in stream_client.iter_run_events(PROJECT, RUN):
+        break
+
+    assert fake.wait_for(lambda: fake.client_close_codes == [1000] and fake.live_connections == 0)
+
+
+def test_an_exception_in_the_loop_body_also_closes_with_1000(fake, stream_client):
+    emit(fake, 1)
+
+    with pytest.raises(ZeroDivisionError):
+        for event in stream_client.iter_run_events(PROJECT, RUN):
+            1 / 0
+
+    assert fake.wait_for(lambda: fake.client_close_codes == [1000])
+
+
+def test_brief_stream_yields_shaping_log_entries(fake, stream_client):
+    fake.emit_brief_entry(PROJECT, BRIEF, {"type": "shaping.log", "id": "l1", "data": "Drafting goals"})
+    fake.emit_brief_entry(PROJECT, BRIEF, {"type": "shaping.log", "id": "l2", "data": "Adding scope"})
+    fake.finish_brief_stream(PROJECT, BRIEF)
+
+    entries = list(stream_client.iter_brief_events(PROJECT, BRIEF))
+
+    assert [entry.data for entry in entries] == ["Drafting goals", "Adding scope"]
+
+
+@pytest.mark.parametrize("include_ws_url", [True, False])
+def test_stream_works_with_and_without_ws_url(fake, stream_client, include_ws_url):
+    fake.include_ws_url = include_ws_url
+    emit(fake, 1)
+    fake.finish_run_stream(PROJECT, RUN)
+
+    assert [event.id for event in stream_client.iter_run_events(PROJECT, RUN)] == ["e1"]
+
+
+def test_tickets_never_appear_in_logs_or_stream_errors(fake, stream_client, caplog):
+    caplog.set_level(logging.DEBUG)
+    minted = record_tickets(stream_client)
+    stream_client._sleep = lambda seconds: None
+    fake.drop_after_frames(0, connections=10)
+
+    with pytest.raises(rakerone.StreamError) as raised:
+        next(stream_client.iter_run_events(PROJECT, RUN, max_reconnects=1))
+
+    error_text = "".join(traceback.format_exception(type(raised.value), raised.value, raised.value.__traceback__))
+    assert len(minted) == 2
+    assert caplog.text and "ticket=***" in caplog.text
+    assert all(ticket not in caplog.text and ticket not in error_text for ticket in minted)
+    assert fake.api_key not in caplog.text
+
+
+def test_stream_options_are_checked_before_any_traffic(fake, stream_client):
+    for options in ({"ping_interval": 0}, {"ping_timeout": -1}, {"idle_timeout": "5"},
+                    {"max_reconnects": -1}, {"reconnect": "yes"}, {"ping_interval": float("inf")}):
+        with pytest.raises(rakerone.ConfigurationError):
+            stream_client.iter_run_events(PROJECT, RUN, **options)
+
+    assert fake.requests_seen == []
+
+
+def test_a_ws_url_that_downgrades_https_is_refused():
+    client = rakerone.Client(API_KEY, base_url=BASE_URL)
+    ticket = rakerone.WsTicket(ticket="secret-ticket", ws_url="ws://app.raker.one/api/x/ws?ticket=secret-ticket")
+
+    with pytest.raises(rakerone.StreamError, match="downgrades https") as raised:
+        client._socket_url("/projects/p/playbook-runs/r", ticket)
+
+    assert "secret-ticket" not in str(raised.value)
+
+
+def test_socket_url_is_derived_from_the_base_url_without_ws_url():
+    client = rakerone.Client(API_KEY, base_url=BASE_URL)
+    ticket = rakerone.WsTicket(ticket="a b/c")
+
+    url = client._socket_url("/projects/p/playbook-runs/r", ticket)
+
+    assert url == "wss://api.example.test/api/projects/p/playbook-runs/r/ws?ticket=a%20b%2Fc"
+
+
+def test_module_level_stream_shortcut_uses_the_environment(fake, monkeypatch):
+    monkeypatch.setenv("RAKERONE_API_KEY", fake.api_key)
+    monkeypatch.setenv("RAKERONE_BASE_URL", fake.base_url)
+    emit(fake, 1, 2)
+    fake.finish_run_stream(PROJECT, RUN)
+
+    assert [event.id for event in rakerone.iter_run_events(PROJECT, RUN)] == ["e1", "e2"]
+
