@@ -66,6 +66,8 @@ __all__ = [
     "StreamError",
     "StreamTimeoutError",
     "StreamDisconnectedError",
+    # command line
+    "main",
 ]
 
 # -- Constants -------------------------------------------------------------------------
@@ -1175,3 +1177,238 @@ def _closing_client(client: Client, events: Iterator[Event]) -> Iterator[Event]:
     with client:
         yield from events
 
+
+# -- Command line ----------------------------------------------------------------------
+
+#: Exit codes, the same for every command (see README).
+EXIT_OK = 0
+EXIT_RUN_UNSUCCESSFUL = 1
+EXIT_USAGE = 2
+EXIT_CONFIGURATION = 3  # configuration or authentication
+EXIT_NOT_FOUND = 4
+EXIT_API_ERROR = 5
+EXIT_NETWORK = 6  # connection or network timeout: worth a retry later
+EXIT_DEADLINE = 124  # as timeout(1)
+EXIT_INTERRUPTED = 130
+
+WAIT_POLL_FIRST = 1.0  # seconds between get_run calls when polling, doubling...
+WAIT_POLL_CAP = 15.0  # ...up to this
+WAIT_REFRESH_EVERY = 1.0  # at most one get_run per this many seconds while events flow
+
+
+def main(argv: Optional[list] = None) -> int:
+    """Run the ``rakerone`` command; return its exit code."""
+    import argparse
+
+    parser = _command_parser(argparse)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 for --help / --version
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+    try:
+        with Client(base_url=args.base_url, timeout=args.request_timeout) as client:
+            return args.handler(client, args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`| head`): end quietly, without a second error at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except RakerOneError as exc:
+        if args.verbose:
+            logger.exception("failed")
+        print(f"rakerone: {exc}", file=sys.stderr)
+        return _exit_code(exc)
+
+
+def _exit_code(error: RakerOneError) -> int:
+    if isinstance(error, (ConfigurationError, AuthenticationError, PermissionDeniedError)):
+        return EXIT_CONFIGURATION
+    if isinstance(error, NotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(error, (APIConnectionError, StreamDisconnectedError)):
+        return EXIT_NETWORK
+    return EXIT_API_ERROR
+
+
+def _command_parser(argparse: Any) -> Any:
+    parser = argparse.ArgumentParser(
+        prog="rakerone",
+        description=f"Query RakerOne runs and follow their events. The API key is read from {API_KEY_ENV}.",
+        epilog="exit codes: 0 ok, 1 run finished unsuccessfully, 2 usage, 3 configuration or "
+               "authentication, 4 not found, 5 other API error, 6 connection or network timeout, "
+               "124 run wait deadline passed, 130 interrupted",
+    )
+    parser.add_argument("--version", action="version", version=f"rakerone {__version__}")
+    parser.add_argument("--base-url", help=f"API root (default ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})")
+    parser.add_argument("--timeout", dest="request_timeout", type=float, default=DEFAULT_TIMEOUT,
+                        metavar="S", help="seconds per HTTP request (default %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens on stderr (redacted)")
+    nouns = parser.add_subparsers(dest="noun", required=True, metavar="{run,brief}")
+
+    run = nouns.add_parser("run", help="playbook runs").add_subparsers(dest="verb", required=True)
+    for verb, handler, help_text in (
+        ("get", _cmd_run_get, "print the run as JSON, exactly as the server sent it"),
+        ("ticket", _cmd_run_ticket, "mint a WebSocket ticket and print it as JSON"),
+        ("events", _cmd_run_events, "print one JSON line per event as it arrives"),
+        ("wait", _cmd_run_wait, "wait until the run finishes; print it; exit 0 if it succeeded, 1 if not"),
+    ):
+        command = run.add_parser(verb, help=help_text, description=help_text)
+        command.add_argument("project_id", metavar="PROJECT")
+        command.add_argument("run_id", metavar="RUN")
+        command.set_defaults(handler=handler)
+        if verb == "wait":
+            command.add_argument("--timeout", dest="deadline", type=float, metavar="S",
+                                 help="give up after S seconds with exit code 124")
+
+    brief = nouns.add_parser("brief", help="briefs").add_subparsers(dest="verb", required=True)
+    for verb, handler, help_text in (
+        ("ticket", _cmd_brief_ticket, "mint a WebSocket ticket and print it as JSON"),
+        ("events", _cmd_brief_events, "print one JSON line per shaping-log entry as it arrives"),
+    ):
+        command = brief.add_parser(verb, help=help_text, description=help_text)
+        command.add_argument("project_id", metavar="PROJECT")
+        command.add_argument("brief_id", metavar="BRIEF")
+        command.set_defaults(handler=handler)
+    return parser
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False), flush=True)
+
+
+def _print_json_lines(events: Iterator[Event]) -> int:
+    write, flush = sys.stdout.write, sys.stdout.flush
+    for event in events:
+        write(json.dumps(event.raw, ensure_ascii=False, separators=(",", ":")) + "\n")
+        flush()
+    return EXIT_OK
+
+
+def _cmd_run_get(client: Client, args: Any) -> int:
+    _print_json(client.get_run(args.project_id, args.run_id).raw)
+    return EXIT_OK
+
+
+def _cmd_run_ticket(client: Client, args: Any) -> int:
+    _print_json(client.mint_run_ticket(args.project_id, args.run_id).raw)
+    return EXIT_OK
+
+
+def _cmd_brief_ticket(client: Client, args: Any) -> int:
+    _print_json(client.mint_brief_ticket(args.project_id, args.brief_id).raw)
+    return EXIT_OK
+
+
+def _cmd_run_events(client: Client, args: Any) -> int:
+    return _print_json_lines(client.iter_run_events(args.project_id, args.run_id))
+
+
+def _cmd_brief_events(client: Client, args: Any) -> int:
+    return _print_json_lines(client.iter_brief_events(args.project_id, args.brief_id))
+
+
+def _cmd_run_wait(client: Client, args: Any) -> int:
+    if args.deadline is not None:
+        _positive_number("--timeout", args.deadline)
+    waiter = _RunWaiter(client, args.project_id, args.run_id, args.deadline)
+    run = waiter.wait()
+    if run is None:
+        print(f"rakerone: run {args.run_id} still {waiter.last_status} after {args.deadline:g} s",
+              file=sys.stderr)
+        return EXIT_DEADLINE
+    _print_json(run.raw)
+    return EXIT_OK if run.succeeded else EXIT_RUN_UNSUCCESSFUL
+
+
+class _RunWaiter:
+    """Waits for a run to finish: follows its events, confirms with get_run, and
+    falls back to polling when the stream cannot be had."""
+
+    def __init__(self, client: Client, project_id: Id, run_id: Id, timeout: Optional[float]) -> None:
+        self._client = client
+        self._project_id = project_id
+        self._run_id = run_id
+        self._started = time.monotonic()
+        self._deadline = None if timeout is None else self._started + timeout
+        self._show_progress = sys.stderr.isatty()
+        self.last_status = "unknown"
+
+    def wait(self) -> Optional[PlaybookRun]:
+        """The finished run, or None when the deadline passed first."""
+        try:
+            run = self._refresh()
+            if run.is_terminal:
+                return run
+            run = self._follow_stream()
+            if run is None and not self._deadline_passed():
+                run = self._poll()
+            return run
+        finally:
+            if self._show_progress:
+                print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+    def _refresh(self) -> PlaybookRun:
+        run = self._client.get_run(self._project_id, self._run_id)
+        self.last_status = run.status or "unknown"
+        if self._show_progress:
+            done = sum(1 for step in run.steps if step.finished_at or
+                       _normalise_status(step.status) in SUCCESS_STATUSES | FAILURE_STATUSES)
+            elapsed = int(time.monotonic() - self._started)
+            print(f"\r\033[K{self.last_status} · steps {done}/{len(run.steps)} done · "
+                  f"{elapsed // 60:02d}:{elapsed % 60:02d} elapsed", end="",
+                  file=sys.stderr, flush=True)
+        return run
+
+    def _deadline_passed(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def _follow_stream(self) -> Optional[PlaybookRun]:
+        """Re-check the run as events arrive (at most once a second) and at the end.
+        None when the stream ended or failed without the run finishing."""
+        client = self._client
+        path = client._run_path(self._project_id, self._run_id)
+        settings = _StreamSettings.checked(True, 5, 20.0, 10.0, None)
+        settings = attrs.evolve(settings, deadline=self._deadline)
+        events = client._iter_events(path, lambda: client.mint_run_ticket(self._project_id, self._run_id), settings)
+        last_refresh = time.monotonic()
+        try:
+            for _event in events:
+                if time.monotonic() - last_refresh >= WAIT_REFRESH_EVERY:
+                    last_refresh = time.monotonic()
+                    run = self._refresh()
+                    if run.is_terminal:
+                        return run
+                if self._deadline_passed():
+                    return None
+        except StreamTimeoutError:
+            return None
+        except (StreamError, AuthenticationError, PermissionDeniedError, NotFoundError) as exc:
+            logger.info("run wait: no event stream (%s); polling instead", exc)
+            return None
+        finally:
+            events.close()
+        run = self._refresh()
+        return run if run.is_terminal else None
+
+    def _poll(self) -> Optional[PlaybookRun]:
+        delay = WAIT_POLL_FIRST
+        while True:
+            if self._deadline is not None:
+                delay = min(delay, self._deadline - time.monotonic())
+                if delay <= 0:
+                    return None
+            self._client._sleep(delay)
+            run = self._refresh()
+            if run.is_terminal:
+                return run
+            delay = min(delay * 2, WAIT_POLL_CAP)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

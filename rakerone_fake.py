@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -831,6 +832,8 @@ def _build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve",
                                 help="serve a sample run and brief until Ctrl-C (the default)")
     serve.set_defaults(command=_serve)
+    demo = commands.add_parser("demo", help="run a scripted playbook run and follow it with the real client")
+    demo.set_defaults(command=_demo)
     return parser
 
 
@@ -853,6 +856,115 @@ def _serve(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
     return 0
+
+
+# -- Demo ------------------------------------------------------------------------------
+
+_DEMO_PROJECT, _DEMO_BRIEF = "proj_demo", "brief_demo"
+_DEMO_RUNS = ("run_demo", "run_nightly")
+_DEMO_STEPS = (("step_001", "Initialize playbook"), ("step_002", "Run AI agent"), ("step_003", "Notify team"))
+_DEMO_AGENT_LINES = ("Reading the brief", "Drafting the plan", "Checking the plan against the goals")
+_DEMO_BRIEF_LINES = ("Goals: weekly churn report for the sales team", "Scope: EMEA accounts only",
+                     "Format: one page, three charts", "Brief shaped: ready for a playbook")
+_DEMO_TICK_SECONDS = 0.25
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Serve runs that progress for a few seconds and follow them with the real client."""
+    import os
+
+    import rakerone  # the demo drives the real client; the client never imports the fake
+
+    fake = FakeRakerOne(args.api_key, args.host, args.port)
+    for run_id in _DEMO_RUNS:
+        steps = [{"stepId": step_id, "name": name, "status": "pending"} for step_id, name in _DEMO_STEPS]
+        fake.add_run(_DEMO_PROJECT, {"id": run_id, "projectId": _DEMO_PROJECT, "status": "queued",
+                                     "triggeredBy": "demo", "steps": steps, "metadata": {"environment": "demo"}})
+    fake.add_brief(_DEMO_PROJECT, _DEMO_BRIEF)
+    first_run, nightly_run = _DEMO_RUNS
+    with fake, rakerone.Client(fake.api_key, base_url=fake.base_url) as client:
+        # The command line reads its configuration from the environment, like a cron job.
+        os.environ.update(RAKERONE_BASE_URL=fake.base_url, RAKERONE_API_KEY=fake.api_key)
+        print(f"RakerOne demo: a fake API at {fake.base_url}, no network and no account needed.\n")
+        print(f"$ rakerone run get {_DEMO_PROJECT} {first_run}", flush=True)
+        rakerone.main(["run", "get", _DEMO_PROJECT, first_run])
+
+        print(f"\n>>> for event in client.iter_run_events({_DEMO_PROJECT!r}, {first_run!r}):", flush=True)
+        with _playing(_play_run, fake, first_run):
+            started = time.monotonic()
+            for event in client.iter_run_events(_DEMO_PROJECT, first_run):
+                print(f"  +{time.monotonic() - started:4.1f}s  {event.type:<14} {_describe(event.data)}",
+                      flush=True)
+            print("  (the server closed the stream with 1000, so the loop ends)")
+
+        print(f"\n$ rakerone run wait {_DEMO_PROJECT} {nightly_run} --timeout 60    # in cron", flush=True)
+        with _playing(_play_run, fake, nightly_run):
+            code = rakerone.main(["run", "wait", _DEMO_PROJECT, nightly_run, "--timeout", "60"])
+        print(f"$ echo $?\n{code}    # 0: the run succeeded; 1: it failed; 124: still running at the deadline")
+
+        print(f"\n>>> for entry in client.iter_brief_events({_DEMO_PROJECT!r}, {_DEMO_BRIEF!r}):", flush=True)
+        with _playing(_play_brief, fake):
+            for entry in client.iter_brief_events(_DEMO_PROJECT, _DEMO_BRIEF):
+                print(f"  {entry.id}  {_describe(entry.data)}", flush=True)
+    print("\nTry your own scripts on it: `python -m rakerone_fake` serves a sample run and prints\n"
+          "the RAKERONE_BASE_URL and RAKERONE_API_KEY to export.")
+    return 0
+
+
+@contextlib.contextmanager
+def _playing(script: typing.Callable[..., None], *args: object) -> typing.Iterator[None]:
+    """Run a demo script (the server's side of the story) on a thread, joined on exit."""
+    thread = threading.Thread(target=script, args=args, name="rakerone-fake-demo", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+
+
+def _play_run(fake: FakeRakerOne, run_id: str) -> None:
+    """A run moves through its steps, with an event for each change, then completes."""
+    event_numbers = iter(range(1, 1000))
+    steps = [{"stepId": step_id, "name": name, "status": "pending"} for step_id, name in _DEMO_STEPS]
+
+    def emit(event_type: str, **data: object) -> None:
+        fake.emit_run_event(_DEMO_PROJECT, run_id,
+                            {"type": event_type, "id": f"evt_{next(event_numbers):03d}", "data": data})
+        time.sleep(_DEMO_TICK_SECONDS)
+
+    def set_step(step: dict, status: str) -> None:
+        step.update({"status": status, ("finishedAt" if status == "success" else "startedAt"): _iso_utc(time.time())})
+        fake.update_run(_DEMO_PROJECT, run_id, steps=[dict(each) for each in steps])
+
+    fake.update_run(_DEMO_PROJECT, run_id, status="running", startedAt=_iso_utc(time.time()))
+    emit("run.started", status="running")
+    for step in steps:
+        set_step(step, "running")
+        emit("step.started", stepId=step["stepId"], name=step["name"])
+        if step["stepId"] == "step_002":
+            for line in _DEMO_AGENT_LINES:
+                emit("agent.log", stepId=step["stepId"], message=line)
+        set_step(step, "success")
+        emit("step.finished", stepId=step["stepId"], name=step["name"], status="success")
+    fake.update_run(_DEMO_PROJECT, run_id, status="completed", finishedAt=_iso_utc(time.time()))
+    emit("run.finished", status="completed")
+    fake.finish_run_stream(_DEMO_PROJECT, run_id)
+
+
+def _play_brief(fake: FakeRakerOne) -> None:
+    """A brief's shaping log grows a line at a time, then the brief is shaped."""
+    for number, line in enumerate(_DEMO_BRIEF_LINES, 1):
+        fake.emit_brief_entry(_DEMO_PROJECT, _DEMO_BRIEF,
+                              {"type": "shaping.log", "id": f"log_{number:03d}", "data": {"message": line}})
+        time.sleep(_DEMO_TICK_SECONDS)
+    fake.finish_brief_stream(_DEMO_PROJECT, _DEMO_BRIEF)
+
+
+def _describe(data: object) -> str:
+    """One readable line for a demo event's data."""
+    if isinstance(data, dict):
+        return str(data.get("message") or data.get("name") or data.get("status") or json.dumps(data))
+    return json.dumps(data)
 
 
 if __name__ == "__main__":

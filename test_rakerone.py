@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 import os
+import pty
 import shlex
 import signal
 import socket
@@ -992,3 +993,236 @@ def test_module_level_stream_shortcut_uses_the_environment(fake, monkeypatch):
 
     assert [event.id for event in rakerone.iter_run_events(PROJECT, RUN)] == ["e1", "e2"]
 
+
+# -- Command line ----------------------------------------------------------------------
+# The `rakerone` command as a real subprocess against the fake.
+
+
+def rakerone_command() -> list:
+    script = os.path.join(os.path.dirname(sys.executable), "rakerone")
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "rakerone"]
+
+
+@pytest.fixture
+def cli_env(fake):
+    env = {name: value for name, value in os.environ.items() if "proxy" not in name.lower()}
+    env.update(RAKERONE_API_KEY=fake.api_key, RAKERONE_BASE_URL=fake.base_url, PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_cli(env, *args, timeout=20):
+    return subprocess.run(rakerone_command() + list(args), env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert all(fragment in result.stderr for fragment in fragments)
+
+
+def test_cli_run_get_prints_the_run_exactly_as_the_server_sent_it(fake, cli_env):
+    result = run_cli(cli_env, "run", "get", PROJECT, RUN)
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == dict(SEED_RUN_RESPONSE["run"], status="running", finishedAt=None)
+
+
+def test_cli_run_ticket_prints_the_ticket_as_json(fake, cli_env):
+    result = run_cli(cli_env, "run", "ticket", PROJECT, RUN)
+
+    assert result.returncode == 0, result.stderr
+    assert set(json.loads(result.stdout)) == {"ticket", "expiresAt", "expiresInSeconds", "wsUrl"}
+    assert fake.tickets_minted == 1
+
+
+def test_cli_run_events_prints_json_lines_in_order_and_exits_0_on_close_1000(fake, cli_env):
+    emit(fake, 1, 2, 3)
+    fake.finish_run_stream(PROJECT, RUN)
+
+    result = run_cli(cli_env, "run", "events", PROJECT, RUN)
+
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [run_event(1), run_event(2), run_event(3)]
+
+
+def test_cli_brief_events_prints_the_shaping_log(fake, cli_env):
+    fake.emit_brief_entry(PROJECT, BRIEF, {"type": "shaping.log", "id": "l1", "data": "Drafting"})
+    fake.finish_brief_stream(PROJECT, BRIEF)
+
+    result = run_cli(cli_env, "brief", "events", PROJECT, BRIEF)
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["data"] == "Drafting"
+
+
+@pytest.mark.parametrize("final_status, exit_code", [("completed", 0), ("failed", 1)])
+def test_cli_run_wait_exits_by_how_the_run_finished(fake, cli_env, final_status, exit_code):
+    waiter = subprocess.Popen(rakerone_command() + ["run", "wait", PROJECT, RUN, "--timeout", "20"],
+                              env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert fake.wait_for(lambda: fake.live_connections == 1, timeout=10)
+    fake.update_run(PROJECT, RUN, status=final_status, finishedAt="2024-06-10T09:45:00Z")
+    emit(fake, 1)
+    fake.finish_run_stream(PROJECT, RUN)
+
+    stdout, stderr = waiter.communicate(timeout=20)
+
+    assert waiter.returncode == exit_code, stderr
+    assert json.loads(stdout)["status"] == final_status
+    assert stderr == ""  # not a terminal: no progress line
+
+
+def test_cli_run_wait_shows_one_live_status_line_on_a_terminal(fake, cli_env):
+    terminal, stderr_end = pty.openpty()
+    waiter = subprocess.Popen(rakerone_command() + ["run", "wait", PROJECT, RUN, "--timeout", "20"],
+                              env=cli_env, stdout=subprocess.PIPE, stderr=stderr_end, text=True)
+    os.close(stderr_end)
+    assert fake.wait_for(lambda: fake.live_connections == 1, timeout=10)
+    fake.update_run(PROJECT, RUN, status="succeeded")
+    fake.finish_run_stream(PROJECT, RUN)
+
+    stdout, _ = waiter.communicate(timeout=20)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:  # EIO: the child's end is closed and everything was read
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(terminal)
+
+    assert waiter.returncode == 0
+    assert json.loads(stdout)["status"] == "succeeded"
+    assert "\r\x1b[Krunning · steps 3/3 done · 00:00 elapsed" in screen.decode()
+    assert screen.decode().endswith("\r\x1b[K")  # the status line is wiped at the end
+
+
+def test_cli_run_wait_returns_at_once_for_a_finished_run(fake, cli_env):
+    fake.update_run(PROJECT, RUN, status="completed", finishedAt="2024-06-10T09:45:00Z")
+
+    result = run_cli(cli_env, "run", "wait", PROJECT, RUN)
+
+    assert result.returncode == 0 and fake.connections == 0
+
+
+def test_cli_run_wait_exits_124_when_its_timeout_passes(fake, cli_env):
+    started = time.monotonic()
+
+    result = run_cli(cli_env, "run", "wait", PROJECT, RUN, "--timeout", "0.5")
+
+    assert result.returncode == 124
+    assert time.monotonic() - started < 5
+    assert_one_line_error(result, "still running after 0.5 s")
+
+
+def test_cli_run_wait_polls_when_the_stream_is_refused(fake, cli_env):
+    fake.reject_next_connections(1, status=403)
+    waiter = subprocess.Popen(rakerone_command() + ["run", "wait", PROJECT, RUN, "--timeout", "20"],
+                              env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert fake.wait_for(lambda: ("GET", "/api/projects/%s/playbook-runs/%s" % (PROJECT, RUN))
+                         in fake.requests_seen[2:], timeout=10)  # a get_run after the refusal
+    fake.update_run(PROJECT, RUN, status="succeeded")
+
+    stdout, stderr = waiter.communicate(timeout=20)
+
+    assert waiter.returncode == 0, stderr
+    assert json.loads(stdout)["status"] == "succeeded"
+
+
+def test_cli_wrong_api_key_exits_3_with_one_line(fake, cli_env):
+    cli_env["RAKERONE_API_KEY"] = "wrong-key"
+
+    result = run_cli(cli_env, "run", "get", PROJECT, RUN)
+
+    assert result.returncode == 3
+    assert_one_line_error(result, "HTTP 401", "RAKERONE_API_KEY")
+    assert "wrong-key" not in result.stderr
+
+
+def test_cli_missing_api_key_exits_3_naming_the_variable(fake, cli_env):
+    del cli_env["RAKERONE_API_KEY"]
+
+    result = run_cli(cli_env, "run", "get", PROJECT, RUN)
+
+    assert result.returncode == 3
+    assert_one_line_error(result, "RAKERONE_API_KEY")
+
+
+def test_cli_unknown_run_exits_4_with_one_line(fake, cli_env):
+    result = run_cli(cli_env, "run", "get", PROJECT, "no-such-run")
+
+    assert result.returncode == 4
+    assert_one_line_error(result, "HTTP 404", "no-such-run")
+
+
+def test_cli_unreachable_api_exits_6(fake, cli_env):
+    cli_env["RAKERONE_BASE_URL"] = f"http://127.0.0.1:{free_port()}/api"
+
+    result = run_cli(cli_env, "--timeout", "2", "run", "get", PROJECT, RUN)
+
+    assert result.returncode == 6
+    assert_one_line_error(result, "could not reach")
+
+
+def test_cli_bad_usage_exits_2(cli_env):
+    result = run_cli(cli_env, "run", "launch", PROJECT, RUN)
+
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_cli_version(cli_env):
+    result = run_cli(cli_env, "--version")
+
+    assert (result.returncode, result.stdout.strip()) == (0, f"rakerone {rakerone.__version__}")
+
+
+def test_cli_verbose_logs_are_redacted(fake, cli_env):
+    emit(fake, 1)
+    fake.finish_run_stream(PROJECT, RUN)
+
+    result = run_cli(cli_env, "-v", "run", "events", PROJECT, RUN)
+
+    assert result.returncode == 0
+    assert "ticket=***" in result.stderr and fake.api_key not in result.stderr
+
+
+def test_cli_run_events_into_head_exits_quietly(fake, cli_env):
+    for n in range(3000):  # more than a pipe buffer, so the writer meets the closed pipe
+        fake.emit_run_event(PROJECT, RUN, run_event(n, padding="x" * 40))
+    command = " ".join(shlex.quote(part) for part in rakerone_command()) + f" run events {PROJECT} {RUN} | head -1"
+
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], env=cli_env, capture_output=True,
+                            text=True, timeout=20)
+
+    assert result.returncode == 0
+    assert result.stderr == ""
+    assert json.loads(result.stdout)["id"] == "e0"
+
+
+def test_cli_ctrl_c_during_run_events_closes_with_1000_and_exits_130(fake, cli_env):
+    emit(fake, 1)
+    follower = subprocess.Popen(rakerone_command() + ["run", "events", PROJECT, RUN], env=cli_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert json.loads(follower.stdout.readline())["id"] == "e1"
+
+    follower.send_signal(signal.SIGINT)
+    _, stderr = follower.communicate(timeout=10)
+
+    assert follower.returncode == 130 and "Traceback" not in stderr
+    assert fake.wait_for(lambda: fake.client_close_codes == [1000])
+
+
+def test_the_demo_runs_to_the_end_offline(no_leaks):
+    env = {name: value for name, value in os.environ.items()
+           if "proxy" not in name.lower() and not name.startswith("RAKERONE_")}
+
+    result = subprocess.run([sys.executable, "-m", "rakerone_fake", "demo"], env=env, capture_output=True,
+                            text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert "step.started   Run AI agent" in result.stdout
+    assert "run.finished   completed" in result.stdout
+    assert '"status": "completed"' in result.stdout and "$ echo $?\n0 " in result.stdout
+    assert "log_004  Brief shaped: ready for a playbook" in result.stdout
