@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pty
+import random
 import shlex
 import signal
 import socket
@@ -1226,3 +1227,100 @@ def test_the_demo_runs_to_the_end_offline(no_leaks):
     assert "run.finished   completed" in result.stdout
     assert '"status": "completed"' in result.stdout and "$ echo $?\n0 " in result.stdout
     assert "log_004  Brief shaped: ready for a playbook" in result.stdout
+
+
+# -- Fault soak and hostile input ------------------------------------------------------
+
+
+def test_fault_soak_delivers_every_event_exactly_once_in_order(fake, no_leaks):
+    """10,000 events through ≥20 drops, ticket expiry, 503 bursts, a 429 and a 1011."""
+    total, chunk = 10_000, 500
+    chaos = random.Random(20261123)
+    # A fault only bites when it finds a live socket: events still buffered on the
+    # client after a drop can trigger the next fault on a connection already gone.
+    faults = {index: "drop" for index in chaos.sample(range(200, total - 200), 40)}
+    for kind in ("expire", "expire", "expire", "503", "503", "429", "1011", "drop_after"):
+        faults[chaos.choice([i for i in range(200, total - 200) if i not in faults])] = kind
+    fake.single_use_tickets = True
+    emitted = 0
+
+    def emit_next_chunk():
+        nonlocal emitted
+        for n in range(emitted, min(emitted + chunk, total)):
+            fake.emit_run_event(PROJECT, RUN, {"type": "tick", "id": str(n), "data": {"n": n}})
+        emitted = min(emitted + chunk, total)
+        if emitted == total:
+            fake.finish_run_stream(PROJECT, RUN)
+
+    emit_next_chunk()
+    received = []
+    started = time.monotonic()
+    with rakerone.Client(fake.api_key, base_url=fake.base_url, timeout=5) as client:
+        for event in client.iter_run_events(PROJECT, RUN, max_reconnects=10):
+            index = int(event.id)
+            received.append(index)
+            fault = faults.pop(index, None)
+            if fault == "expire":
+                fake.expire_tickets()
+            elif fault == "503":
+                fake.fail_next_requests(3, 503, paths="ws-ticket")
+            elif fault == "429":
+                fake.fail_next_requests(1, 429, retry_after=1, paths="ws-ticket")
+            elif fault == "drop_after":
+                fake.drop_after_frames(chaos.randrange(1, 400), connections=3)
+            if fault == "1011":
+                fake.close_streams(1011)
+            elif fault is not None:
+                fake.drop_streams()
+            if index == emitted - 1:
+                emit_next_chunk()
+    elapsed = time.monotonic() - started
+
+    assert received == list(range(total))
+    assert faults == {}
+    assert fake.connections >= 1 + 20
+    assert fake.tickets_minted == fake.connections
+    assert elapsed < 45
+
+
+HOSTILE_INPUTS = [
+    # (what, how the client is built or called)
+    ("empty project id", lambda c: c.get_run("", RUN)),
+    ("blank run id", lambda c: c.get_run(PROJECT, " \t\n")),
+    ("dot-dot run id", lambda c: c.mint_run_ticket(PROJECT, "..")),
+    ("None brief id", lambda c: c.mint_brief_ticket(PROJECT, None)),
+    ("bool run id", lambda c: c.get_run(PROJECT, False)),
+    ("float run id", lambda c: c.get_run(PROJECT, 3.0)),
+    ("bytes project id", lambda c: c.get_run(b"proj", RUN)),
+    ("list run id", lambda c: c.get_run(PROJECT, ["r"])),
+    ("stream with empty run id", lambda c: c.iter_run_events(PROJECT, "")),
+    ("stream with empty brief id", lambda c: c.iter_brief_events(PROJECT, "")),
+    ("zero ping_interval", lambda c: c.iter_run_events(PROJECT, RUN, ping_interval=0)),
+    ("NaN ping_timeout", lambda c: c.iter_run_events(PROJECT, RUN, ping_timeout=float("nan"))),
+    ("negative idle_timeout", lambda c: c.iter_brief_events(PROJECT, BRIEF, idle_timeout=-5)),
+    ("string max_reconnects", lambda c: c.iter_run_events(PROJECT, RUN, max_reconnects="5")),
+    ("non-bool reconnect", lambda c: c.iter_run_events(PROJECT, RUN, reconnect=None)),
+    ("no api key", lambda c: rakerone.Client("", base_url=c.base_url)),
+    ("api key with newline", lambda c: rakerone.Client("key\r\nX-Evil: 1", base_url=c.base_url)),
+    ("base url without scheme", lambda c: rakerone.Client(API_KEY, base_url="127.0.0.1:8000/api")),
+    ("javascript base url", lambda c: rakerone.Client(API_KEY, base_url="javascript:alert(1)")),
+    ("file base url", lambda c: rakerone.Client(API_KEY, base_url="file:///etc/passwd")),
+    ("base url with query", lambda c: rakerone.Client(API_KEY, base_url="https://h.test/api?x=1")),
+    ("plain http to a remote host", lambda c: rakerone.Client(API_KEY, base_url="http://example.com/api")),
+    ("non-string base url", lambda c: rakerone.Client(API_KEY, base_url=8080)),
+    ("zero timeout", lambda c: rakerone.Client(API_KEY, base_url=c.base_url, timeout=0)),
+    ("NaN timeout", lambda c: rakerone.Client(API_KEY, base_url=c.base_url, timeout=float("nan"))),
+    ("negative read timeout", lambda c: rakerone.Client(API_KEY, base_url=c.base_url, timeout=(1, -1))),
+    ("bool timeout", lambda c: rakerone.Client(API_KEY, base_url=c.base_url, timeout=True)),
+    ("negative max_retries", lambda c: rakerone.Client(API_KEY, base_url=c.base_url, max_retries=-1)),
+    ("verify as a number", lambda c: rakerone.Client(API_KEY, base_url=c.base_url, verify=1)),
+]
+
+
+@pytest.mark.parametrize("what, call", HOSTILE_INPUTS, ids=[what for what, _ in HOSTILE_INPUTS])
+def test_hostile_input_raises_configuration_error_before_any_traffic(fake, stream_client, what, call):
+    with pytest.raises(rakerone.ConfigurationError) as raised:
+        call(stream_client)
+
+    assert isinstance(raised.value, ValueError)
+    assert fake.requests_seen == []
