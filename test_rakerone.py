@@ -324,6 +324,28 @@ def test_a_session_passed_in_is_neither_altered_nor_closed(mocked):
     assert session.adapters  # close() would have cleared them
 
 
+def test_a_session_passed_in_lends_its_headers(mocked):
+    session = requests.Session()
+    session.headers["X-Team"] = "reporting"
+    mocked.get(f"{BASE_URL}/projects/p/playbook-runs/r", json={"run": {}})
+
+    rakerone.Client(API_KEY, base_url=BASE_URL, session=session).get_run("p", "r")
+
+    assert mocked.calls[0].request.headers["X-Team"] == "reporting"
+    assert mocked.calls[0].request.headers["Authorization"] == f"Bearer {API_KEY}"
+
+
+def test_a_redirect_is_not_followed_with_the_key(client, mocked):
+    mocked.get(f"{BASE_URL}/projects/p/playbook-runs/r", status=302,
+               headers={"Location": "https://elsewhere.example/steal"})
+
+    with pytest.raises(rakerone.APIError, match="redirected to https://elsewhere.example/steal") as raised:
+        client.get_run("p", "r")
+
+    assert raised.value.status_code == 302
+    assert len(mocked.calls) == 1
+
+
 # -- Requests and ids ------------------------------------------------------------------
 
 
@@ -577,7 +599,7 @@ def test_api_key_never_appears_in_repr_errors_or_logs(mocked, caplog, sleeps):
     with pytest.raises(rakerone.ServerError) as raised:
         client.get_run("p", "r")
 
-    shown = [repr(client), repr(client._auth), str(raised.value), repr(raised.value), caplog.text,
+    shown = [repr(client), repr(client._templates), str(raised.value), repr(raised.value), caplog.text,
              "".join(traceback.format_exception(type(raised.value), raised.value, raised.value.__traceback__))]
     assert all(API_KEY not in text for text in shown)
     assert "Bearer ***" in str(raised.value)
