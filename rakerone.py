@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 import collections
 import datetime
 import email.utils
+import functools
 import ipaddress
 import json
 import logging
@@ -89,6 +90,8 @@ RECONNECT_BACKOFF_BASE = 0.25
 RECONNECT_BACKOFF_CAP = 10.0
 #: How many recent event ids a stream remembers to drop replayed events.
 DEDUPE_WINDOW = 50_000
+#: How many bytes a stream reads from its socket at a time (see _read_ahead_websocket_class).
+READ_AHEAD_BYTES = 256 * 1024
 #: How long closing a stream waits for the server to answer our close frame.
 CLOSE_TIMEOUT = 1.0
 #: Close codes after which a stream reconnects (besides a dropped connection).
@@ -417,6 +420,13 @@ class Event:
         """Build an event from a decoded JSON message (any JSON value)."""
         if not isinstance(message, dict):
             return cls(type=None, id=None, data=message, raw=message, received_at=received_at)
+        # On every frame of a stream: plain lookups, helpers only for unusual values.
+        event_type = message.get("type")
+        if event_type is None:
+            event_type = message.get("event")
+        event_id = message.get("id")
+        if event_id is None:
+            event_id = message.get("eventId")
         if "data" in message:
             data = message["data"]
         elif "payload" in message:
@@ -424,8 +434,8 @@ class Event:
         else:
             data = message
         return cls(
-            type=_optional_str(message.get("type", message.get("event"))),
-            id=_optional_str(message.get("id", message.get("eventId"))),
+            type=event_type if type(event_type) is str else _optional_str(event_type),
+            id=event_id if type(event_id) is str else _optional_str(event_id),
             data=data,
             raw=message,
             received_at=received_at,
@@ -907,7 +917,8 @@ class Client:
         connect_timeout = self.timeout[0] if isinstance(self.timeout, tuple) else self.timeout
         try:
             return websocket.create_connection(
-                url, timeout=connect_timeout, skip_utf8_validation=True, enable_multithread=False,
+                url, timeout=connect_timeout, class_=_read_ahead_websocket_class(),
+                skip_utf8_validation=True, enable_multithread=False,
                 redirect_limit=0, header={"User-Agent": self.user_agent},
                 sslopt=self._socket_sslopt(), **_socket_proxy_options(url),
             )
@@ -1038,7 +1049,9 @@ class _Heartbeat:
         """Yield decoded events; return on close 1000, raise _ConnectionLost on a drop."""
         import websocket
 
-        recv_data = self._ws.recv_data
+        # The per-frame path: one JSON decode, no logging, names bound once.
+        recv_data, loads, monotonic = self._ws.recv_data, json.loads, time.monotonic
+        from_message, now, utc = Event.from_message, datetime.datetime.now, datetime.timezone.utc
         while True:
             try:
                 opcode, payload = recv_data(True)
@@ -1047,19 +1060,23 @@ class _Heartbeat:
                 continue
             except (OSError, websocket.WebSocketException) as exc:
                 raise _ConnectionLost(f"connection dropped ({type(exc).__name__}: {exc})", exc) from None
-            now = time.monotonic()
             if opcode == _OPCODE_TEXT or opcode == _OPCODE_BINARY:
-                self._last_frame_at = self._last_event_at = now
+                try:
+                    message = loads(payload.decode("utf-8"))
+                except ValueError:  # UnicodeDecodeError and JSONDecodeError both
+                    raise StreamError(
+                        f"received a frame that is not UTF-8 JSON: {_excerpt(payload, 80)!r}") from None
+                self._last_frame_at = self._last_event_at = monotonic()
                 self._ping_sent_at = None
-                yield Event.from_message(_decode_frame(payload), datetime.datetime.now(datetime.timezone.utc))
+                yield from_message(message, now(utc))
             elif opcode == _OPCODE_CLOSE:
                 _on_close_frame(payload)
                 return
             else:  # ping or pong: the peer is alive
-                self._last_frame_at = now
+                self._last_frame_at = now_monotonic = monotonic()
                 self._ping_sent_at = None
-                self._check_deadlines(now)
-                self._ws.settimeout(self._next_wake(now))
+                self._check_deadlines(now_monotonic)
+                self._ws.settimeout(self._next_wake(now_monotonic))
 
     def _on_silence(self) -> None:
         """No byte for a while: ping, declare the peer dead, or time out idle."""
@@ -1095,12 +1112,31 @@ class _Heartbeat:
         return max(due - now, 0.001)
 
 
-def _decode_frame(payload: bytes) -> Any:
-    """Decode a text or binary frame holding UTF-8 JSON (the one decode per frame)."""
-    try:
-        return json.loads(payload.decode("utf-8"))
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError both
-        raise StreamError(f"received a frame that is not UTF-8 JSON: {_excerpt(payload, 80)!r}") from None
+@functools.lru_cache(maxsize=None)
+def _read_ahead_websocket_class() -> type:
+    """websocket-client's WebSocket, reading its socket READ_AHEAD_BYTES at a time.
+
+    Its frame reader asks for each frame in three small reads (header, length,
+    payload), each a system call (and a poll, as the socket has a timeout): serving
+    them from one large read makes small frames ~1.5x faster (PERF_NOTES.md,
+    bench_rakerone.py). Built on first use, since websocket is imported lazily.
+    """
+    import websocket
+
+    class ReadAheadWebSocket(websocket.WebSocket):
+        _pending = b""
+        _position = 0
+
+        def _recv(self, bufsize: int) -> bytes:
+            if self._position >= len(self._pending):
+                # websocket-client's own read keeps its timeout and closed-socket errors.
+                self._pending = super()._recv(READ_AHEAD_BYTES)
+                self._position = 0
+            start = self._position
+            self._position = start + bufsize
+            return self._pending[start:self._position]
+
+    return ReadAheadWebSocket
 
 
 def _on_close_frame(payload: bytes) -> None:
