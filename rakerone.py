@@ -1207,25 +1207,21 @@ def mint_brief_ticket(project_id: Id, brief_id: Id) -> WsTicket:
         return client.mint_brief_ticket(project_id, brief_id)
 
 
-def iter_run_events(project_id: Id, run_id: Id,
-                    **options: Any) -> Iterator[Event]:
+def iter_run_events(project_id: Id, run_id: Id, **options: Any) -> Iterator[Event]:
     """Follow a run's events with a client built from the environment; options as
     for ``Client.iter_run_events``. The client is closed when the loop ends."""
-    client = Client()
-    try:
-        events = client.iter_run_events(project_id, run_id, **options)
-    except BaseException:
-        client.close()
-        raise
-    return _closing_client(client, events)
+    return _iter_with_own_client(lambda client: client.iter_run_events(project_id, run_id, **options))
 
 
-def iter_brief_events(project_id: Id, brief_id: Id,
-                      **options: Any) -> Iterator[Event]:
+def iter_brief_events(project_id: Id, brief_id: Id, **options: Any) -> Iterator[Event]:
     """Follow a brief's shaping log with a client built from the environment."""
+    return _iter_with_own_client(lambda client: client.iter_brief_events(project_id, brief_id, **options))
+
+
+def _iter_with_own_client(start: Callable[[Client], Iterator[Event]]) -> Iterator[Event]:
     client = Client()
     try:
-        events = client.iter_brief_events(project_id, brief_id, **options)
+        events = start(client)  # checks the arguments now, not at the first next()
     except BaseException:
         client.close()
         raise
@@ -1309,31 +1305,27 @@ def _command_parser(argparse: Any) -> Any:
                         metavar="S", help="seconds per HTTP request (default %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens on stderr (redacted)")
     nouns = parser.add_subparsers(dest="noun", required=True, metavar="{run,brief}")
-
-    run = nouns.add_parser("run", help="playbook runs").add_subparsers(dest="verb", required=True)
-    for verb, handler, help_text in (
-        ("get", _cmd_run_get, "print the run as JSON, exactly as the server sent it"),
-        ("ticket", _cmd_run_ticket, "mint a WebSocket ticket and print it as JSON"),
-        ("events", _cmd_run_events, "print one JSON line per event as it arrives"),
-        ("wait", _cmd_run_wait, "wait until the run finishes; print it; exit 0 if it succeeded, 1 if not"),
+    for noun, noun_help, id_name, commands in (
+        ("run", "playbook runs", "run_id", (
+            ("get", _cmd_run_get, "print the run as JSON, exactly as the server sent it"),
+            ("ticket", _cmd_run_ticket, "mint a WebSocket ticket and print it as JSON"),
+            ("events", _cmd_run_events, "print one JSON line per event as it arrives"),
+            ("wait", _cmd_run_wait, "wait until the run finishes; print it; exit 0 if it succeeded, 1 if not"),
+        )),
+        ("brief", "briefs", "brief_id", (
+            ("ticket", _cmd_brief_ticket, "mint a WebSocket ticket and print it as JSON"),
+            ("events", _cmd_brief_events, "print one JSON line per shaping-log entry as it arrives"),
+        )),
     ):
-        command = run.add_parser(verb, help=help_text, description=help_text)
-        command.add_argument("project_id", metavar="PROJECT")
-        command.add_argument("run_id", metavar="RUN")
-        command.set_defaults(handler=handler)
-        if verb == "wait":
-            command.add_argument("--timeout", dest="deadline", type=float, metavar="S",
-                                 help="give up after S seconds with exit code 124")
-
-    brief = nouns.add_parser("brief", help="briefs").add_subparsers(dest="verb", required=True)
-    for verb, handler, help_text in (
-        ("ticket", _cmd_brief_ticket, "mint a WebSocket ticket and print it as JSON"),
-        ("events", _cmd_brief_events, "print one JSON line per shaping-log entry as it arrives"),
-    ):
-        command = brief.add_parser(verb, help=help_text, description=help_text)
-        command.add_argument("project_id", metavar="PROJECT")
-        command.add_argument("brief_id", metavar="BRIEF")
-        command.set_defaults(handler=handler)
+        verbs = nouns.add_parser(noun, help=noun_help).add_subparsers(dest="verb", required=True)
+        for verb, handler, help_text in commands:
+            command = verbs.add_parser(verb, help=help_text, description=help_text)
+            command.add_argument("project_id", metavar="PROJECT")
+            command.add_argument(id_name, metavar=noun.upper())
+            command.set_defaults(handler=handler)
+            if handler is _cmd_run_wait:
+                command.add_argument("--timeout", dest="deadline", type=float, metavar="S",
+                                     help="give up after S seconds with exit code 124")
     return parser
 
 

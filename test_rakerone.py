@@ -30,41 +30,8 @@ API_KEY = "sk-live-0123456789abcdef"
 BASE_URL = "https://api.example.test/api"
 RUN_URL = f"{BASE_URL}/projects/proj_9876543210/playbook-runs/a1b2c3d4-e5f6-7890-ab12-cd34ef567890"
 
-# The examples of ../shared/seeds/, verbatim.
-SEED_RUN_RESPONSE = {
-    "run": {
-        "id": "a1b2c3d4-e5f6-7890-ab12-cd34ef567890",
-        "projectId": "proj_9876543210",
-        "status": "completed",
-        "startedAt": "2024-06-10T09:15:00Z",
-        "finishedAt": "2024-06-10T09:45:00Z",
-        "triggeredBy": "user_123456",
-        "steps": [
-            {
-                "stepId": "step_001",
-                "name": "Initialize playbook",
-                "status": "success",
-                "startedAt": "2024-06-10T09:15:00Z",
-                "finishedAt": "2024-06-10T09:17:00Z",
-            },
-            {
-                "stepId": "step_002",
-                "name": "Run AI agent",
-                "status": "success",
-                "startedAt": "2024-06-10T09:17:00Z",
-                "finishedAt": "2024-06-10T09:40:00Z",
-            },
-            {
-                "stepId": "step_003",
-                "name": "Notify team",
-                "status": "success",
-                "startedAt": "2024-06-10T09:40:00Z",
-                "finishedAt": "2024-06-10T09:45:00Z",
-            },
-        ],
-        "metadata": {"environment": "production", "priority": "high"},
-    }
-}
+# The examples of ../shared/seeds/, verbatim (the run is kept once, in the fake).
+SEED_RUN_RESPONSE = {"run": rakerone_fake.SAMPLE_RUN}
 SEED_TICKET = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb3VuSWQiOiI1ZjY3Y2Q4MC1hY2YxLTQ3NzktYmYxMy1kYjYxYjYzYjYxYjYiLCJleHAiOjE2ODk0MjQ4MDB9"
     ".4f7X9vJ9Xq3vZx7v9vX9vJ9Xq3vZx7v9vX9vJ9Xq3vZx7v9vX9vJ9Xq3vZx7v9v"
