@@ -904,6 +904,8 @@ class Client:
 
     def _open_socket(self, path: str, mint_ticket: Callable[[], WsTicket]) -> Any:
         """Mint a ticket and open the WebSocket; retryable failures raise _ConnectionLost."""
+        import ssl
+
         import websocket  # imported here so scripts that never stream start faster
 
         try:
@@ -932,10 +934,10 @@ class Client:
             raise error from None
         except ValueError as exc:  # websocket-client's word for an unusable URL
             raise StreamError(f"stream {path}: cannot connect to {safe_url!r} ({exc})") from None
+        except ssl.SSLCertVerificationError as exc:  # retrying cannot fix a certificate
+            raise StreamError(f"stream {path}: TLS failed ({exc.verify_message}); check verify=") from None
         except (OSError, websocket.WebSocketException) as exc:
             reason = _redact(str(exc) or type(exc).__name__, ticket.ticket)
-            if "certificate" in reason.lower():
-                raise StreamError(f"stream {path}: TLS failed ({reason}); check verify=") from None
             raise _ConnectionLost(f"could not connect ({reason})", exc) from None
 
     def _socket_url(self, path: str, ticket: WsTicket) -> str:
@@ -1154,7 +1156,7 @@ def _on_close_frame(payload: bytes) -> None:
         raise _ConnectionLost(described)
     if status is not None and 400 <= status < 600:
         error_class = _error_class(status)
-        raise error_class(_redact(described), status_code=status, code=reason or None)
+        raise error_class(_redact(described), status_code=status)
     raise StreamError(described)
 
 
