@@ -89,7 +89,7 @@ RETRY_AFTER_CAP = 60.0
 RECONNECT_BACKOFF_BASE = 0.25
 RECONNECT_BACKOFF_CAP = 10.0
 #: How many recent event ids a stream remembers to drop replayed events.
-DEDUPE_WINDOW = 50_000
+DEDUPE_WINDOW = 10_000
 #: How many bytes a stream reads from its socket at a time (see _read_ahead_websocket_class).
 READ_AHEAD_BYTES = 256 * 1024
 #: How long closing a stream waits for the server to answer our close frame.
