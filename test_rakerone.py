@@ -782,7 +782,7 @@ def test_handshake_404_raises_not_found(fake, stream_client):
         next(stream_client.iter_run_events(PROJECT, RUN))
 
 
-def test_exhausted_reconnects_raise_stream_error_with_the_last_cause(fake, stream_client, sleeps):
+def test_exhausted_reconnects_raise_stream_disconnected_error_with_the_last_cause(fake, stream_client, sleeps):
     stream_client._sleep = sleeps.append
     fake.drop_after_frames(0, connections=10)
 
