@@ -911,6 +911,8 @@ class Client:
         try:
             ticket = mint_ticket()
         except (APIConnectionError, ServerError, RateLimitError) as exc:
+            if isinstance(exc.__cause__, requests.exceptions.SSLError):
+                raise  # a certificate problem: another attempt would fail the same way
             raise _ConnectionLost(f"could not mint a ticket: {exc}", exc,
                                   getattr(exc, "retry_after", None)) from None
         url = self._socket_url(path, ticket)
@@ -932,10 +934,10 @@ class Client:
             if exc.status_code in RETRYABLE_STATUSES:
                 raise _ConnectionLost(str(error), error, getattr(error, "retry_after", None)) from None
             raise error from None
-        except ValueError as exc:  # websocket-client's word for an unusable URL
-            raise StreamError(f"stream {path}: cannot connect to {safe_url!r} ({exc})") from None
         except ssl.SSLCertVerificationError as exc:  # retrying cannot fix a certificate
             raise StreamError(f"stream {path}: TLS failed ({exc.verify_message}); check verify=") from None
+        except ValueError as exc:  # websocket-client's word for an unusable URL
+            raise StreamError(f"stream {path}: cannot connect to {safe_url!r} ({exc})") from None
         except (OSError, websocket.WebSocketException) as exc:
             reason = _redact(str(exc) or type(exc).__name__, ticket.ticket)
             raise _ConnectionLost(f"could not connect ({reason})", exc) from None

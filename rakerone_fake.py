@@ -343,9 +343,11 @@ class FakeRakerOne:
 
     def __init__(self, api_key: str = "test-key", host: str = "127.0.0.1", port: int = 0,
                  *, ticket_ttl: float = 300.0, single_use_tickets: bool = False,
-                 include_ws_url: bool = True) -> None:
+                 include_ws_url: bool = True, ssl_context: object = None) -> None:
         self.api_key = api_key
         self.host = host
+        #: werkzeug's ssl_context (an ssl.SSLContext or a (cert, key) pair): serve https/wss.
+        self.ssl_context = ssl_context
         #: The port to bind; after start(), the bound one (0 picks a free port).
         self.port = port
         #: Seconds a ticket stays valid after minting.
@@ -385,7 +387,8 @@ class FakeRakerOne:
     @property
     def base_url(self) -> str:
         """The API root to give the client, e.g. ``http://127.0.0.1:PORT/api``."""
-        return f"http://{self._netloc}/api"
+        scheme = "http" if self.ssl_context is None else "https"
+        return f"{scheme}://{self._netloc}/api"
 
     @property
     def _netloc(self) -> str:
@@ -400,6 +403,7 @@ class FakeRakerOne:
             raise RuntimeError("the fake is already running")
         try:
             server = make_server(self.host, self.port, self._wsgi_app, threaded=True,
+                                 ssl_context=self.ssl_context,
                                  request_handler=_QuietRequestHandler)
         except SystemExit as exc:  # werkzeug reports a failed bind by printing and exiting
             raise OSError(f"cannot listen on {self._netloc}") from exc
@@ -696,7 +700,8 @@ class FakeRakerOne:
         body = {"ticket": ticket, "expiresAt": _iso_utc(expires_at), "expiresInSeconds": ttl}
         if self.include_ws_url:
             query = urllib.parse.urlencode({"ticket": ticket})
-            body["wsUrl"] = f"ws://{self._netloc}/api{key.path}/ws?{query}"
+            scheme = "ws" if self.ssl_context is None else "wss"
+            body["wsUrl"] = f"{scheme}://{self._netloc}/api{key.path}/ws?{query}"
         return _json_response(200, body)
 
     # -- WebSocket serving -------------------------------------------------------------

@@ -10,8 +10,10 @@ import os
 import pty
 import random
 import shlex
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -945,6 +947,58 @@ def test_tickets_never_appear_in_logs_or_stream_errors(fake, stream_client, capl
     assert caplog.text and "ticket=***" in caplog.text
     assert all(ticket not in caplog.text and ticket not in error_text for ticket in minted)
     assert fake.api_key not in caplog.text
+
+
+@pytest.fixture
+def tls_fake(no_leaks, tmp_path):
+    """The fake over https/wss with a throwaway self-signed certificate for 127.0.0.1."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    with rakerone_fake.FakeRakerOne(ssl_context=context) as server:
+        server.add_run(PROJECT, {"id": RUN, "status": "running"})
+        emit(server, 1)
+        server.finish_run_stream(PROJECT, RUN)
+        yield server, str(cert)
+
+
+@pytest.mark.parametrize("include_ws_url", [True, False])
+def test_https_and_wss_trust_the_ca_bundle_given_as_verify(tls_fake, include_ws_url):
+    fake, ca_bundle = tls_fake
+    fake.include_ws_url = include_ws_url
+
+    with rakerone.Client(fake.api_key, base_url=fake.base_url, verify=ca_bundle) as client:
+        assert client.get_run(PROJECT, RUN).status == "running"
+        assert [event.id for event in client.iter_run_events(PROJECT, RUN)] == ["e1"]
+
+    assert fake.base_url.startswith("https://") and fake.connections == 1
+
+
+def test_an_untrusted_certificate_fails_at_once_without_retrying(tls_fake, sleeps):
+    fake, _ = tls_fake
+
+    with rakerone.Client(fake.api_key, base_url=fake.base_url) as client:  # certifi: not trusted
+        client._sleep = sleeps.append
+        with pytest.raises(rakerone.APIConnectionError, match="TLS failed"):
+            client.get_run(PROJECT, RUN)
+        with pytest.raises(rakerone.APIConnectionError, match="TLS failed"):
+            next(client.iter_run_events(PROJECT, RUN))
+
+    assert sleeps == []
+
+
+def test_a_stream_with_an_untrusted_certificate_is_a_stream_error(tls_fake):
+    fake, ca_bundle = tls_fake
+
+    with rakerone.Client(fake.api_key, base_url=fake.base_url, verify=ca_bundle) as client:
+        client._socket_sslopt = lambda: {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": requests.certs.where()}
+        with pytest.raises(rakerone.StreamError, match="TLS failed"):
+            next(client.iter_run_events(PROJECT, RUN))
 
 
 def test_stream_options_are_checked_before_any_traffic(fake, stream_client):
