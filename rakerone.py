@@ -808,9 +808,8 @@ class Client:
         """How long to wait before the next attempt, or None to give up now."""
         if attempt >= self.max_retries:
             return None
-        retry_after = getattr(error, "retry_after", None)
-        if retry_after is None and isinstance(error, APIError) and error.response is not None:
-            retry_after = _retry_after_seconds(error.response.headers)
+        response = getattr(error, "response", None)
+        retry_after = None if response is None else _retry_after_seconds(response.headers)
         if retry_after is not None:
             return retry_after if retry_after <= RETRY_AFTER_CAP else None
         return _backoff(attempt, RETRY_BACKOFF_BASE, RETRY_BACKOFF_CAP)
@@ -1428,8 +1427,8 @@ class _RunWaiter:
         None when the stream ended or failed without the run finishing."""
         client = self._client
         path = client._run_path(self._project_id, self._run_id)
-        settings = _StreamSettings.checked(True, 5, 20.0, 10.0, None)
-        settings = attrs.evolve(settings, deadline=self._deadline)
+        settings = _StreamSettings(reconnect=True, max_reconnects=5, ping_interval=20.0, ping_timeout=10.0,
+                                   idle_timeout=None, deadline=self._deadline)
         events = client._iter_events(path, lambda: client.mint_run_ticket(self._project_id, self._run_id), settings)
         last_refresh = time.monotonic()
         try:
