@@ -27,15 +27,19 @@ import os
 import platform
 import random
 import re
+import socket
 import struct
 import sys
+import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Union
-from urllib.parse import quote, urlsplit, urlunsplit
+from collections.abc import Mapping
+from typing import Any, Callable, Iterator, Optional, Tuple, Union
+from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
 import attrs
 import requests
+import urllib3
 
 __all__ = [
     # client
@@ -62,11 +66,14 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "UnexpectedResponseError",
+    "ResponseTooLargeError",
     "APIConnectionError",
     "APITimeoutError",
+    "ProxyAuthenticationError",
     "StreamError",
     "StreamTimeoutError",
     "StreamDisconnectedError",
+    "WaitTimeoutError",
     # command line
     "main",
 ]
@@ -78,9 +85,24 @@ BASE_URL_ENV = "RAKERONE_BASE_URL"
 DEFAULT_BASE_URL = "https://app.raker.one/api"
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_RETRIES = 2
+#: The largest response body the client reads; a larger one is refused unread.
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+#: Connections kept open per host, so 16 threads sharing one client never churn them.
+POOL_SIZE = 32
+#: The longest number of seconds any timeout or interval may be (a week): larger
+#: values are surely a mistake, and overflow the platform's timers.
+MAX_SECONDS = 7 * 24 * 3600.0
+#: How much of an error page is read for its message.
+ERROR_PAGE_BYTES = 1024 * 1024
+#: How many recently minted tickets each client remembers, to redact them anywhere.
+TICKETS_REMEMBERED = 256
 
 #: Statuses worth another try: the request may well succeed a moment later.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Statuses that say the server did not act on the request, so even a POST may be resent.
+NOT_ACTED_STATUSES = frozenset({429, 503})
+#: Methods that may be sent twice without a second side effect.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRY_BACKOFF_BASE = 0.5  # seconds; doubled per attempt, then fully jittered
 RETRY_BACKOFF_CAP = 8.0
 #: A longer Retry-After is not slept through: the RateLimitError is raised at once.
@@ -138,9 +160,9 @@ class APIError(RakerOneError):
         request_id: Optional[str] = None,
         response: Optional[requests.Response] = None,
         body: Any = None,
+        retry_after: Optional[float] = None,
     ) -> None:
         super().__init__(message)
-        self.message = message
         #: The HTTP status of the answer.
         self.status_code = status_code
         #: ``ErrorResponse.error``, the machine-readable code (``not_found``...).
@@ -151,6 +173,12 @@ class APIError(RakerOneError):
         self.response = response
         #: The decoded JSON body, or None when it was not JSON.
         self.body = body
+        #: Seconds the server asked us to wait (``Retry-After``), when it said.
+        self.retry_after = retry_after
+
+    @property
+    def message(self) -> str:
+        return str(self)
 
 
 class BadRequestError(APIError):
@@ -172,8 +200,6 @@ class NotFoundError(APIError):
 class RateLimitError(APIError):
     """HTTP 429: too many requests; ``retry_after`` says how long to wait, if known."""
 
-    retry_after: Optional[float] = None
-
 
 class ServerError(APIError):
     """HTTP 5xx: the API failed; worth retrying later."""
@@ -183,12 +209,20 @@ class UnexpectedResponseError(APIError):
     """A success status with a body that is not the documented shape."""
 
 
+class ResponseTooLargeError(UnexpectedResponseError):
+    """The response body was larger than the client's ``max_response_bytes``."""
+
+
 class APIConnectionError(RakerOneError):
     """The API could not be reached (after retries)."""
 
 
 class APITimeoutError(APIConnectionError):
     """The API did not answer in time (after retries)."""
+
+
+class ProxyAuthenticationError(RakerOneError):
+    """The proxy refused to carry the request (HTTP 407); check the proxy's credentials."""
 
 
 class StreamError(RakerOneError):
@@ -201,6 +235,20 @@ class StreamTimeoutError(StreamError):
 
 class StreamDisconnectedError(StreamError):
     """The stream was lost and ``max_reconnects`` attempts in a row could not restore it."""
+
+
+class WaitTimeoutError(RakerOneError):
+    """``wait_for_run`` reached its deadline before the run finished.
+
+    ``run`` is the last state seen (None if the API never answered) and
+    ``last_error`` the last transient failure, if any.
+    """
+
+    def __init__(self, message: str, run: Optional[PlaybookRun] = None,
+                 last_error: Optional[RakerOneError] = None) -> None:
+        super().__init__(message)
+        self.run = run
+        self.last_error = last_error
 
 
 _ERROR_CLASSES = {
@@ -225,15 +273,30 @@ def _error_class(status_code: int) -> type:
     return _ERROR_CLASSES.get(status_code, APIError)
 
 
-_TICKET_IN_URL = re.compile(r"(ticket=)[^&#\s'\"]+")
+_TICKET_IN_URL = re.compile(r"(ticket=)[^&#\s'\"]+", re.IGNORECASE)
+_BEARER_TOKEN = re.compile(r"(Bearer\s+)[^\s'\",;]+", re.IGNORECASE)
 
 
 def _redact(text: str, *secrets: Optional[str]) -> str:
-    """Hide secrets, and any ``ticket=`` query value, from a message."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
+    """Hide each secret in every form it travels in (raw, percent-encoded, JSON),
+    and any bearer token or ``ticket=`` value, so no key or ticket is ever quoted."""
+    forms = {form for secret in secrets if secret
+             for form in (secret, quote(secret, safe=""), quote(secret), quote_plus(secret),
+                          json.dumps(secret)[1:-1])}
+    if forms:
+        pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
+        text = re.sub(pattern, "***", text, flags=re.IGNORECASE)
+    text = _BEARER_TOKEN.sub(r"\1***", text)
     return _TICKET_IN_URL.sub(r"\1***", text)
+
+
+def _excerpt(content: Union[bytes, str], limit: int = 200, secrets: Tuple[Optional[str], ...] = ()) -> str:
+    """The start of a server's text on one line, redacted whole before it is cut
+    (so no part of a secret survives at the cut)."""
+    if isinstance(content, bytes):
+        content = content.decode("utf-8", "replace")
+    text = _redact(" ".join(content.split()), *secrets)
+    return text[:limit] + ("..." if len(text) > limit else "")
 
 
 # -- Models ----------------------------------------------------------------------------
@@ -274,9 +337,13 @@ def _optional_str(value: Any) -> Optional[str]:
     return None
 
 
+class _WrongShape(TypeError):
+    """Internal: a server's JSON is not of the shape a model needs."""
+
+
 def _require_mapping(data: Any, what: str) -> Mapping:
     if not isinstance(data, Mapping):
-        raise TypeError(f"{what} must be a JSON object, not {type(data).__name__}")
+        raise _WrongShape(f"{what} must be a JSON object, not {type(data).__name__}")
     return data
 
 
@@ -383,7 +450,7 @@ class WsTicket:
         data = _require_mapping(data, "a ws-ticket response")
         ticket = data.get("ticket")
         if not isinstance(ticket, str) or not ticket:
-            raise TypeError("a ws-ticket response must carry a non-empty 'ticket' string")
+            raise _WrongShape("a ws-ticket response must carry a non-empty 'ticket' string")
         expires_in = data.get("expiresInSeconds")
         ws_url = data.get("wsUrl")
         return cls(
@@ -467,8 +534,9 @@ class _BearerAuth(requests.auth.AuthBase):
 def _positive_number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
-    if value == float("inf"):
-        raise ConfigurationError(f"{name} must be finite: an infinite wait could hang forever")
+    if value > MAX_SECONDS:
+        raise ConfigurationError(
+            f"{name} must be at most {MAX_SECONDS:.0f} seconds (a week), not {value!r}")
     return float(value)
 
 
@@ -481,8 +549,43 @@ def _check_timeout(timeout: Any) -> Timeout:
     return _positive_number("timeout", timeout)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+
+
+def _check_api_key(api_key: Any) -> str:
+    """The key as given, or a ConfigurationError that explains (and never quotes) it."""
+    if not isinstance(api_key, str) or not api_key.strip():
+        raise ConfigurationError(
+            f"no RakerOne API key: set the {API_KEY_ENV} environment variable "
+            "or pass api_key= to rakerone.Client"
+        )
+    if not _VISIBLE_ASCII.fullmatch(api_key):
+        position, char = next((i, c) for i, c in enumerate(api_key) if not _VISIBLE_ASCII.fullmatch(c))
+        raise ConfigurationError(
+            f"the API key has an unusable character at position {position + 1} "
+            f"(U+{ord(char):04X}): a key is visible ASCII only, without spaces or line "
+            "breaks; check how it was copied or set"
+        )
+    return api_key
+
+
+def _check_user_agent(user_agent: Any) -> Optional[str]:
+    if user_agent is None:
+        return None
+    if (not isinstance(user_agent, str) or not re.fullmatch(r"[\x20-\x7e]+", user_agent)
+            or user_agent != user_agent.strip()):
+        raise ConfigurationError(
+            "user_agent must be printable ASCII on one line, without surrounding spaces, "
+            f"such as 'my-app/1.2'; got {user_agent!r}")
+    return user_agent
+
+
+def _is_loopback(host: Optional[str]) -> bool:
+    """Only names that never leave the machine: ``localhost`` and loopback literals
+    (``foo.localhost`` is resolved through DNS, so it does not count)."""
+    if host is None:
+        return False
+    if host.lower() in ("localhost", "localhost."):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -539,21 +642,16 @@ def _retry_after_seconds(headers: Mapping[str, str]) -> Optional[float]:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
-
-
-def _excerpt(content: bytes, limit: int = 200) -> str:
-    text = " ".join(content[: limit * 4].decode("utf-8", "replace").split())
-    return text[:limit] + ("..." if len(text) > limit else "")
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+    return max(0.0, seconds) if seconds == seconds else None  # NaN is no answer
 
 
 def _api_error(
@@ -564,10 +662,12 @@ def _api_error(
     response: Optional[requests.Response] = None,
     secrets: Tuple[Optional[str], ...] = (),
 ) -> APIError:
-    """The one place an error answer (HTTP or WebSocket handshake) becomes our error."""
+    """The one place an error answer (HTTP or WebSocket handshake) becomes our error.
+
+    Everything quoted from the server is redacted whole before it is shortened."""
     try:
         body = json.loads(content) if content else None
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     error_response = body if isinstance(body, dict) else {}
     code = _optional_str(error_response.get("error"))
@@ -579,26 +679,27 @@ def _api_error(
     parts = [f"{what} failed with HTTP {status_code}" + (f" ({code})" if code else "")]
     detail = error_response.get("message") or error_response.get("detail")
     if isinstance(detail, str):
-        parts.append(detail)
+        parts.append(_excerpt(detail, 300, secrets))
     if issues:
-        parts.append("issues: " + json.dumps(issues, default=str)[:500])
+        parts.append("issues: " + _excerpt(json.dumps(issues, default=str), 500, secrets))
     if body is None and content:
         content_type = headers.get("Content-Type", "unknown type")
-        parts.append(f"the response was not JSON ({content_type}): {_excerpt(content)!r}")
+        parts.append(f"the response was not JSON ({content_type}): {_excerpt(content, 200, secrets)!r}")
     if status_code == 429 and retry_after is not None:
         parts.append(f"retry after {retry_after:.0f} s")
     if status_code >= 500:
         hint = "the RakerOne API had a problem; try again later"
     elif 300 <= status_code < 400:
-        hint = f"the API redirected to {headers.get('Location', 'elsewhere')}, not followed; check the base URL"
+        location = _excerpt(headers.get("Location", "elsewhere"), 200, secrets)
+        hint = f"the API redirected to {location}, not followed; check the base URL"
     else:
         hint = _ERROR_HINTS.get(status_code)
     if hint:
         parts.append(hint)
     if request_id:
-        parts.append(f"request id {request_id}")
+        parts.append(f"request id {_excerpt(request_id, 100, secrets)}")
 
-    error = _error_class(status_code)(
+    return _error_class(status_code)(
         _redact("; ".join(parts), *secrets),
         status_code=status_code,
         code=code,
@@ -606,10 +707,8 @@ def _api_error(
         request_id=request_id,
         response=response,
         body=body,
+        retry_after=retry_after,
     )
-    if isinstance(error, RateLimitError):
-        error.retry_after = retry_after
-    return error
 
 
 def _describe_network_error(exc: BaseException) -> str:
@@ -627,20 +726,241 @@ def _backoff(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * 2**attempt))
 
 
+# -- Transport: deadlines and fork safety ----------------------------------------------
+#
+# Socket timeouts bound each read, not a whole response: a server that drips one byte
+# every half second would hold a call for hours. So each attempt (an HTTP exchange, or
+# opening a stream) is registered with a watchdog thread, which shuts its socket down
+# if it is still running at its deadline; the blocked read then fails at once.
+
+
+class _Attempt:
+    """One bounded piece of network work; ``connection`` is whatever holds its socket
+    (a urllib3 connection or a WebSocket: both keep it as ``.sock``)."""
+
+    __slots__ = ("deadline", "connection", "expired")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.connection: Any = None
+        self.expired = False
+
+    def abort(self) -> None:
+        """Called at the deadline: unblock whatever is reading (close alone would not)."""
+        self.expired = True
+        sock = getattr(self.connection, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Watchdog:
+    """A thread that aborts attempts still running at their deadline.
+
+    One per client, started on first use, stopped by ``Client.close()`` or after
+    ``IDLE_EXIT`` seconds with nothing to watch. Registering costs a lock, not a
+    wake-up: deadlines only grow later, so the thread sleeps until the earliest one.
+    """
+
+    IDLE_EXIT = 5.0
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._attempts: set = set()
+        self._thread: Optional[threading.Thread] = None
+        self._wake_at = float("inf")
+        self._stopping = False
+
+    def watch(self, attempt: _Attempt) -> None:
+        with self._condition:
+            self._attempts.add(attempt)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="rakerone-watchdog", daemon=True)
+                self._thread.start()
+            elif attempt.deadline < self._wake_at:
+                self._condition.notify()
+
+    def unwatch(self, attempt: _Attempt) -> None:
+        with self._condition:
+            self._attempts.discard(attempt)
+
+    def stop(self) -> None:
+        with self._condition:
+            thread, self._stopping = self._thread, True
+            self._condition.notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _run(self) -> None:
+        with self._condition:
+            busy_at = time.monotonic()
+            while not self._stopping:
+                now = time.monotonic()
+                for attempt in [a for a in self._attempts if a.deadline <= now]:
+                    self._attempts.discard(attempt)
+                    attempt.abort()
+                if self._attempts:
+                    busy_at = now
+                elif now - busy_at >= self.IDLE_EXIT:
+                    break
+                self._wake_at = min((a.deadline for a in self._attempts), default=busy_at + self.IDLE_EXIT)
+                self._condition.wait(min(max(self._wake_at - now, 0.001), MAX_SECONDS))
+            self._thread, self._stopping, self._wake_at = None, False, float("inf")
+
+
+#: The attempt the current thread is making, for the connections below to report to.
+_current = threading.local()
+
+
+class _ReportingConnectionMixin:
+    """Tells the current attempt which connection carries it, when it connects and
+    each time it sends (connections are reused)."""
+
+    def connect(self) -> None:
+        _report_connection(self)
+        super().connect()  # type: ignore[misc]
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        _report_connection(self)
+        return super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+def _report_connection(connection: Any) -> None:
+    attempt = getattr(_current, "attempt", None)
+    if attempt is not None:
+        attempt.connection = connection
+
+
+class _ReportingHTTPConnection(_ReportingConnectionMixin, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _ReportingHTTPSConnection(_ReportingConnectionMixin, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _ReportingHTTPConnectionPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _ReportingHTTPConnection
+
+
+class _ReportingHTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _ReportingHTTPSConnection
+
+
+_REPORTING_POOLS = {"http": _ReportingHTTPConnectionPool, "https": _ReportingHTTPSConnectionPool}
+
+
+class _TransportAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter for the client's own session: a pool big enough for 16
+    threads, and connections that report to the watchdog, so a deadline also holds
+    while connecting and waiting for headers. (A session you pass keeps its adapters;
+    there the deadline holds from the response headers on.)"""
+
+    def __init__(self) -> None:
+        super().__init__(pool_maxsize=POOL_SIZE)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _REPORTING_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = _REPORTING_POOLS
+        return manager
+
+
+class _Redirected(Exception):
+    """Internal: raised by a response hook, so requests never reads a 3xx body itself."""
+
+    def __init__(self, response: requests.Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def _stop_at_redirect(response: requests.Response, **_: Any) -> None:
+    if 300 <= response.status_code < 400:
+        raise _Redirected(response)
+
+
+class _AttemptFailed(Exception):
+    """Internal: one attempt failed with ``error``; may another one be made?"""
+
+    def __init__(self, error: RakerOneError, cause: Optional[BaseException] = None, *,
+                 retryable: bool = True, server_may_have_acted: bool = True) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.cause = cause
+        self.retryable = retryable
+        self.server_may_have_acted = server_may_have_acted
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a requests/urllib3 failure (they nest in args and .reason)."""
+    while True:
+        inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+        inner = getattr(exc, "reason", None) if inner is None else inner
+        if not isinstance(inner, BaseException) or inner is exc:
+            return exc
+        exc = inner
+
+
+def _as_http(url: str) -> str:
+    """A ws(s) URL as the http(s) URL that proxies and TLS settings are chosen for."""
+    return "http" + url[2:] if url[:3].lower() in ("ws:", "wss") else url
+
+
+_PATH_TEXT = re.compile(r"[A-Za-z0-9\-._~/!$&'()*+,;=:@%]*")
+
+
+def _fill_path(template: Any, ids: Tuple[Any, ...]) -> str:
+    """An API path from a template: each ``{}`` is one id, encoded as one segment."""
+    if not isinstance(template, str) or not template.startswith("/") or template.startswith("//"):
+        raise ConfigurationError(
+            f"path must be relative to the base URL, such as '/projects/{{}}/briefs'; got {template!r}")
+    literals = template.split("{}")
+    if len(literals) - 1 != len(ids):
+        raise ConfigurationError(
+            f"path {template!r} has {len(literals) - 1} '{{}}' placeholder(s) but {len(ids)} id(s) were given")
+    for literal in literals:
+        if not _PATH_TEXT.fullmatch(literal):
+            raise ConfigurationError(
+                f"path {template!r} may hold only URL path characters and '{{}}' placeholders; "
+                "pass the query as params= and ids as arguments")
+    segments = [_path_segment(f"id {number}", value) for number, value in enumerate(ids, 1)]
+    path = literals[0] + "".join(segment + literal for segment, literal in zip(segments, literals[1:]))
+    if any(unquote(segment) in (".", "..") for segment in path.split("/")):
+        raise ConfigurationError(f"path {template!r} must not hold '.' or '..' segments")
+    return path
+
+
+def _check_method(method: Any) -> str:
+    if not isinstance(method, str) or not re.fullmatch(r"[A-Za-z]+", method):
+        raise ConfigurationError(f"method must be an HTTP method such as 'GET' or 'POST', not {method!r}")
+    return method.upper()
+
+
 class Client:
-    """A blocking RakerOne API client that owns one HTTP session.
+    """A blocking RakerOne API client.
 
     Parameters:
         api_key: an organization API key or WorkOS session JWT; default ``$RAKERONE_API_KEY``.
         base_url: the API root; default ``$RAKERONE_BASE_URL``, else production.
-        timeout: seconds for every request, or a ``(connect, read)`` pair.
+        timeout: seconds each HTTP attempt may take end to end (connect, headers and
+            the whole body), or a ``(connect, read)`` pair whose sum bounds it.
         max_retries: extra attempts on connection errors, timeouts, 408, 429 and 5xx.
-        verify: TLS verification, or a CA bundle path (used for streams too).
-        session: a ``requests.Session`` to use (it is not closed by ``close()``).
+        verify: TLS verification, or a CA bundle path; default: the session's (True).
+        session: a ``requests.Session`` to send through (its hooks, cookies, adapters,
+            proxies and TLS settings apply; ``close()`` leaves it open).
         user_agent: a product token put in front of ours.
-        allow_insecure_http: allow a plain-http base URL to a non-loopback host.
+        allow_insecure_http: allow the key over plain http beyond this machine.
+        max_response_bytes: the largest response body read; a larger one is refused.
 
-    Raises ConfigurationError for a missing key or an unusable setting.
+    One client may be shared by threads, and survives ``fork()``: a child process
+    opens its own connections. Raises ConfigurationError for a missing key or an
+    unusable setting.
     """
 
     def __init__(
@@ -650,25 +970,23 @@ class Client:
         base_url: Optional[str] = None,
         timeout: Timeout = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
-        verify: Union[bool, str] = True,
+        verify: Union[bool, str, None] = None,
         session: Optional[requests.Session] = None,
         user_agent: Optional[str] = None,
         allow_insecure_http: bool = False,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
-        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-        if not isinstance(api_key, str) or not api_key.strip():
-            raise ConfigurationError(
-                f"no RakerOne API key: set the {API_KEY_ENV} environment variable "
-                "or pass api_key= to rakerone.Client"
-            )
-        if api_key != api_key.strip() or any(c in api_key for c in "\r\n"):
-            raise ConfigurationError("the API key has surrounding spaces or line breaks; check how it was set")
+        api_key = _check_api_key(api_key if api_key is not None else os.environ.get(API_KEY_ENV))
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigurationError(f"max_retries must be a whole number >= 0, not {max_retries!r}")
-        if not isinstance(verify, (bool, str)) or (isinstance(verify, str) and not os.path.exists(verify)):
+        if not (verify is None or isinstance(verify, bool)
+                or (isinstance(verify, str) and os.path.exists(verify))):
             raise ConfigurationError(f"verify must be True, False or an existing CA bundle path, not {verify!r}")
-        if user_agent is not None and (not isinstance(user_agent, str) or any(c in user_agent for c in "\r\n")):
-            raise ConfigurationError("user_agent must be a single-line string")
+        if (isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int)
+                or max_response_bytes < 1):
+            raise ConfigurationError(f"max_response_bytes must be a positive whole number, not {max_response_bytes!r}")
+        if session is not None and not isinstance(session, requests.Session):
+            raise ConfigurationError(f"session must be a requests.Session, not {type(session).__name__}")
 
         #: The API root, without a trailing slash.
         self.base_url = _check_base_url(
@@ -678,32 +996,34 @@ class Client:
         self.timeout = _check_timeout(timeout)
         self.max_retries = max_retries
         self.verify = verify
+        self.max_response_bytes = max_response_bytes
+        self.allow_insecure_http = bool(allow_insecure_http)
         self.user_agent = " ".join(
-            filter(None, [user_agent, f"rakerone-python/{__version__}",
+            filter(None, [_check_user_agent(user_agent), f"rakerone-python/{__version__}",
                           f"python/{platform.python_version()}", f"requests/{requests.__version__}"])
         )
         self._api_key = api_key
+        self._auth = _BearerAuth(api_key)
+        #: The key and the tickets minted lately: redacted from every text we quote.
+        self._secrets: collections.deque = collections.deque([api_key], maxlen=TICKETS_REMEMBERED + 1)
+        self._headers = {"Accept": "application/json", "Accept-Encoding": "identity",
+                         "User-Agent": self.user_agent}
         self._owns_session = session is None
-        self._session = session if session is not None else requests.Session()
-        # What does not change between calls is merged once, by requests itself: the
-        # session's headers, auth and cookies into one prepared request per method, and
-        # proxies / CA bundle / client cert from the session and the environment. Each
-        # call copies a template and hands it to the transport adapter, skipping the
-        # per-call re-merging that takes ~40% of a Session call (bench_rakerone.py).
-        headers = {"Accept": "application/json", "User-Agent": self.user_agent}
-        self._templates = {
-            method: self._session.prepare_request(
-                requests.Request(method, self.base_url, headers=headers, auth=_BearerAuth(api_key)))
-            for method in ("GET", "POST")
-        }
-        self._root_url = self._templates["GET"].url.rstrip("/")
-        self._send_settings = self._session.merge_environment_settings(self._root_url, {}, False, verify, None)
-        self._adapter = self._session.get_adapter(self._root_url)
+        if session is None:
+            session = requests.Session()
+            session.mount("https://", _TransportAdapter())
+            session.mount("http://", _TransportAdapter())
+        self._session = session
+        self._attempt_seconds = sum(self.timeout) if isinstance(self.timeout, tuple) else self.timeout
+        self._pid = os.getpid()
+        self._watchdog = _Watchdog()
+        self._routes: dict = {}
+        self._route(self.base_url)  # refuse a cleartext route through a remote proxy now
         # A seam for tests: retries and reconnects wait through this.
         self._sleep: Callable[[float], None] = time.sleep
 
     def __repr__(self) -> str:
-        return f"<rakerone.Client base_url={self.base_url!r}>"
+        return f"<rakerone.Client base_url={getattr(self, 'base_url', None)!r}>"
 
     def __enter__(self) -> Client:
         return self
@@ -712,7 +1032,8 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the HTTP session (if the client created it)."""
+        """Stop the client's watchdog thread and close its HTTP session (not one you passed)."""
+        self._watchdog.stop()
         if self._owns_session:
             self._session.close()
 
@@ -724,20 +1045,45 @@ class Client:
         Raises NotFoundError for an unknown project or run, AuthenticationError for a
         refused key, APIConnectionError when the API cannot be reached.
         """
-        path = self._run_path(project_id, run_id)
-        payload = self._request("GET", path)
-        run = payload.get("run") if isinstance(payload, dict) else None
-        return self._parse(PlaybookRun.from_dict, run, f"GET {path}", payload)
+        return self._get_run(self._run_path(project_id, run_id))
 
     def mint_run_ticket(self, project_id: Id, run_id: Id) -> WsTicket:
         """Mint a short-lived ticket for the run's WebSocket (see ``iter_run_events``)."""
-        path = self._run_path(project_id, run_id) + "/ws-ticket"
-        return self._parse(WsTicket.from_dict, self._request("POST", path), f"POST {path}")
+        return self._mint_ticket(self._run_path(project_id, run_id) + "/ws-ticket")
 
     def mint_brief_ticket(self, project_id: Id, brief_id: Id) -> WsTicket:
         """Mint a short-lived ticket for the brief's shaping-log WebSocket."""
-        path = self._brief_path(project_id, brief_id) + "/ws-ticket"
-        return self._parse(WsTicket.from_dict, self._request("POST", path), f"POST {path}")
+        return self._mint_ticket(self._brief_path(project_id, brief_id) + "/ws-ticket")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *ids: Id,
+        params: Optional[Mapping[str, Any]] = None,
+        json: Any = None,
+    ) -> Any:
+        """Call any API endpoint through this client's auth, retries and errors.
+
+        ``path`` is relative to the base URL; each ``{}`` in it is filled with one of
+        ``ids``, encoded as a single path segment. Returns the decoded JSON (None for an
+        empty answer). POST and PATCH are resent only when the server cannot have
+        acted on them (no connection, or 429/503).
+        """
+        method = _check_method(method)
+        return self._request(method, _fill_path(path, ids), params=params, body=json)
+
+    def _get_run(self, path: str, deadline: Optional[float] = None) -> PlaybookRun:
+        payload = self._request("GET", path, deadline=deadline)
+        run = payload.get("run") if isinstance(payload, dict) else None
+        return self._parse(PlaybookRun.from_dict, run, f"GET {path}", payload)
+
+    def _mint_ticket(self, path: str, deadline: Optional[float] = None) -> WsTicket:
+        # Minting is documented as safe to repeat: a lost answer only wastes a ticket.
+        ticket = self._parse(WsTicket.from_dict, self._request("POST", path, deadline=deadline,
+                                                               resend_unsafe=True), f"POST {path}")
+        self._secrets.append(ticket.ticket)
+        return ticket
 
     # .. Requests ......................................................................
 
@@ -755,76 +1101,241 @@ class Client:
     def _parse(from_dict: Callable[[Any], Any], data: Any, what: str, payload: Any = None) -> Any:
         try:
             return from_dict(data)
-        except TypeError as exc:
+        except _WrongShape as exc:
             raise UnexpectedResponseError(
                 f"{what} answered with an unexpected body: {exc}", status_code=200,
                 body=payload if payload is not None else data,
             ) from None
 
-    def _request(self, method: str, path: str) -> Any:
-        """Send one API request with retries; return its decoded JSON body."""
+    def _redact(self, text: str) -> str:
+        return _redact(text, *self._secrets)
+
+    def _request(self, method: str, path: str, *, params: Optional[Mapping[str, Any]] = None,
+                 body: Any = None, deadline: Optional[float] = None,
+                 resend_unsafe: bool = False) -> Any:
+        """Send one API request with retries; return its decoded JSON body.
+
+        ``deadline`` (a time.monotonic() instant) cuts attempts and retries short.
+        """
+        if self._pid != os.getpid():
+            self._forget_parent_connections()
         what = f"{method} {path}"
+        may_resend = resend_unsafe or method in IDEMPOTENT_METHODS
         for attempt in range(self.max_retries + 1):
-            error: RakerOneError
-            request = self._templates[method].copy()
-            request.url = self._root_url + path
-            started = time.monotonic()
             try:
-                response = self._adapter.send(request, timeout=self.timeout, **self._send_settings)
-            except requests.exceptions.SSLError as exc:
-                raise APIConnectionError(
-                    f"{what}: TLS failed ({_describe_network_error(exc)}); check verify= and the base URL"
-                ) from exc
-            except requests.Timeout as exc:
-                error = APITimeoutError(f"{what} timed out after {self.timeout} s")
-                cause: BaseException = exc
-            except requests.ConnectionError as exc:
-                error = APIConnectionError(
-                    f"{what}: could not reach {self.base_url} ({_describe_network_error(exc)})")
-                cause = exc
-            except requests.RequestException as exc:
-                raise APIConnectionError(f"{what} failed: {_describe_network_error(exc)}") from exc
-            else:
-                logger.debug("%s -> %s in %.0f ms", what, response.status_code,
-                             (time.monotonic() - started) * 1000)
-                if response.status_code < 300:
-                    return self._decode(response, what)
-                error = _api_error(response.status_code, response.headers, response.content,
-                                   what, response, (self._api_key,))
-                cause = None
-                if response.status_code not in RETRYABLE_STATUSES:
-                    raise error
-            delay = self._retry_delay(attempt, error)
+                return self._attempt(method, path, what, params, body, deadline)
+            except _AttemptFailed as failed:
+                failure = failed
+            delay = self._retry_delay(attempt, failure, may_resend, deadline)
             if delay is None:
+                error = failure.error
                 if attempt and isinstance(error, APIConnectionError):
                     error.args = (f"{error} (after {attempt + 1} attempts)",)
-                raise error from cause
-            logger.info("%s: %s; retry %d of %d in %.2f s", what, error, attempt + 1,
+                raise error from failure.cause
+            logger.info("%s: %s; retry %d of %d in %.2f s", what, failure.error, attempt + 1,
                         self.max_retries, delay)
             self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _retry_delay(self, attempt: int, error: RakerOneError) -> Optional[float]:
+    def _retry_delay(self, attempt: int, failure: _AttemptFailed, may_resend: bool,
+                     deadline: Optional[float]) -> Optional[float]:
         """How long to wait before the next attempt, or None to give up now."""
-        if attempt >= self.max_retries:
+        if attempt >= self.max_retries or not failure.retryable:
             return None
-        response = getattr(error, "response", None)
-        retry_after = None if response is None else _retry_after_seconds(response.headers)
-        if retry_after is not None:
-            return retry_after if retry_after <= RETRY_AFTER_CAP else None
-        return _backoff(attempt, RETRY_BACKOFF_BASE, RETRY_BACKOFF_CAP)
+        if failure.server_may_have_acted and not may_resend:
+            return None
+        retry_after = getattr(failure.error, "retry_after", None)
+        if retry_after is None:
+            delay = _backoff(attempt, RETRY_BACKOFF_BASE, RETRY_BACKOFF_CAP)
+        elif retry_after <= RETRY_AFTER_CAP:
+            delay = retry_after
+        else:
+            return None
+        if deadline is not None and time.monotonic() + delay >= deadline:
+            return None
+        return delay
 
-    @staticmethod
-    def _decode(response: requests.Response, what: str) -> Any:
+    def _attempt(self, method: str, path: str, what: str, params: Optional[Mapping[str, Any]],
+                 body: Any, deadline: Optional[float]) -> Any:
+        """One exchange, bounded end to end by the watchdog; its decoded JSON body.
+
+        Sent through the session's own ``send`` (hooks, cookies, adapters), with
+        redirects off, no compression, and the body read within the size limit.
+        Every failure leaves as _AttemptFailed, built outside the except blocks so
+        that no exception context can carry a secret along.
+        """
+        started = time.monotonic()
+        attempt = _Attempt(started + self._attempt_seconds if deadline is None
+                           else min(started + self._attempt_seconds, deadline))
+        remaining = attempt.deadline - started
+        if remaining <= 0:
+            raise _AttemptFailed(APITimeoutError(f"{what}: no time left before the deadline"),
+                                 retryable=False, server_may_have_acted=False)
+        request = requests.Request(method, self.base_url + path, headers=self._headers, auth=self._auth,
+                                   params=params, json=body)
+        prepared = self._session.prepare_request(request)
+        prepared.hooks["response"].append(_stop_at_redirect)  # after the session's own hooks
+        route = self._route(prepared.url)
+        timeout = (tuple(min(t, remaining) for t in self.timeout) if isinstance(self.timeout, tuple)
+                   else min(self.timeout, remaining))
+        failure: Optional[_AttemptFailed] = None
+        response: Optional[requests.Response] = None
+        self._watchdog.watch(attempt)
+        _current.attempt = attempt
         try:
-            return json.loads(response.content)
-        except ValueError:
-            content_type = response.headers.get("Content-Type", "unknown type")
-            raise UnexpectedResponseError(
-                f"{what} answered HTTP {response.status_code} with a body that is not JSON "
-                f"({content_type}): {_excerpt(response.content)!r}",
-                status_code=response.status_code, response=response,
-            ) from None
+            try:
+                response = self._session.send(prepared, allow_redirects=False, stream=True,
+                                              timeout=timeout, **route)
+            except _Redirected as redirected:
+                response = redirected.response
+            attempt.connection = attempt.connection or getattr(response.raw, "connection", None)
+            content = self._read_body(response, what)
+        except requests.RequestException as exc:
+            failure = self._network_failure(exc, what, attempt)
+        except _AttemptFailed as failed:
+            failure = failed
+        finally:
+            _current.attempt = None
+            self._watchdog.unwatch(attempt)
+            if response is not None:
+                response.close()
+        if failure is not None:
+            raise failure
+        assert response is not None
+        logger.debug("%s -> %s in %.0f ms", what, response.status_code, (time.monotonic() - started) * 1000)
+        if response.status_code >= 300:
+            raise self._status_failure(response, content, what)
+        return self._decode(response, content, what)
+
+    def _route(self, url: str) -> dict:
+        """Proxies, TLS trust and client certificate for a URL, as requests itself
+        merges the session's settings and the environment (an explicit ``verify=``
+        wins). The HTTP calls and the streams both take their route from here; a
+        cleartext one through a proxy beyond this machine is refused.
+
+        The environment is read once per origin and session state, not per call:
+        scanning it is a third of a plain requests call (see README, Performance).
+        """
+        session = self._session
+        origin = "/".join(_as_http(url).split("/", 3)[:3])
+        key = (origin, session.trust_env, tuple(sorted(session.proxies.items())),
+               session.verify, session.cert, self.verify)
+        route = self._routes.get(key)
+        if route is None:
+            route = session.merge_environment_settings(origin, {}, None, self.verify, None)
+            del route["stream"]
+            self._check_cleartext_route(origin, route["proxies"])
+            if len(self._routes) >= 64:
+                self._routes.clear()
+            self._routes[key] = route
+        return route
+
+    def _check_cleartext_route(self, origin: str, proxies: Mapping[str, str]) -> None:
+        if not origin.startswith("http:") or self.allow_insecure_http:
+            return
+        proxy = requests.utils.select_proxy(origin, proxies)
+        proxy_host = proxy and urlsplit(proxy if "://" in proxy else "http://" + proxy).hostname
+        if proxy and not _is_loopback(proxy_host):
+            raise ConfigurationError(
+                f"refusing to send credentials in clear to {urlsplit(origin).hostname} through the "
+                f"proxy at {proxy_host}: use an https base URL, exempt the host with no_proxy, "
+                "or pass allow_insecure_http=True if you really mean it")
+
+    def _read_body(self, response: requests.Response, what: str) -> bytes:
+        """The whole body, refused unread when compressed or over the size limit (an
+        error page is only read as far as its message needs)."""
+        error_page = response.status_code >= 300
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise _AttemptFailed(UnexpectedResponseError(
+                f"{what} answered HTTP {response.status_code} with a {encoding!r}-compressed body "
+                "although the client asked for none; refusing to decompress it",
+                status_code=response.status_code, response=response), retryable=False)
+        limit = min(self.max_response_bytes, ERROR_PAGE_BYTES) if error_page else self.max_response_bytes
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > limit and not error_page:
+            raise self._too_large(response, what, f"announced {int(length):,} bytes")
+        chunks, size = [], 0
+        for chunk in response.iter_content(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                if error_page:
+                    break  # an excerpt is all an error message needs
+                raise self._too_large(response, what, f"sent more than {limit:,} bytes")
+            chunks.append(chunk)
+        content = b"".join(chunks)
+        if length.isdigit() and len(content) < int(length) and not error_page:
+            raise _AttemptFailed(APIConnectionError(
+                f"{what}: the connection closed after {len(content):,} of {int(length):,} bytes"))
+        response._content = content  # so response.content stays readable on errors
+        return content
+
+    def _too_large(self, response: requests.Response, what: str, how: str) -> _AttemptFailed:
+        return _AttemptFailed(ResponseTooLargeError(
+            f"{what}: the response {how}, over the client's max_response_bytes of "
+            f"{self.max_response_bytes:,}; refused unread", status_code=response.status_code,
+            response=response), retryable=False)
+
+    def _network_failure(self, exc: requests.RequestException, what: str, attempt: _Attempt) -> _AttemptFailed:
+        """The one place a requests/urllib3 failure becomes our error."""
+        reason = _describe_network_error(exc)
+        root = _root_cause(exc)
+        if attempt.expired:
+            return _AttemptFailed(APITimeoutError(
+                f"{what} timed out after {self._attempt_seconds:g} s (the limit for connecting, "
+                "sending and reading the whole answer)"), exc)
+        if isinstance(exc, requests.exceptions.ProxyError) and re.search(r"\b407\b", reason):
+            return _AttemptFailed(ProxyAuthenticationError(
+                f"{what}: the proxy refused to carry the request ({reason}); check the "
+                "proxy's credentials (in https_proxy, or the session's proxies)"), exc, retryable=False)
+        if isinstance(exc, requests.exceptions.SSLError):
+            return _AttemptFailed(APIConnectionError(
+                f"{what}: TLS failed ({reason}); check verify= and the base URL"), exc, retryable=False)
+        if isinstance(root, urllib3.exceptions.NewConnectionError):  # refused, DNS: nothing was sent
+            return _AttemptFailed(APIConnectionError(f"{what}: could not reach {self.base_url} ({reason})"),
+                                  exc, server_may_have_acted=False)
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            return _AttemptFailed(APITimeoutError(f"{what}: no connection within {self._attempt_seconds:g} s"),
+                                  exc, server_may_have_acted=False)
+        if isinstance(exc, requests.exceptions.Timeout) or isinstance(root, (socket.timeout, urllib3.exceptions.ReadTimeoutError)):
+            return _AttemptFailed(APITimeoutError(f"{what} timed out after {self._attempt_seconds:g} s"), exc)
+        return _AttemptFailed(APIConnectionError(f"{what}: the connection failed ({reason})"), exc)
+
+    def _status_failure(self, response: requests.Response, content: bytes, what: str) -> _AttemptFailed:
+        status = response.status_code
+        if status == 407:
+            return _AttemptFailed(ProxyAuthenticationError(
+                f"{what}: the proxy refused to carry the request (HTTP 407); check the proxy's "
+                "credentials (in http_proxy, or the session's proxies)"), retryable=False)
+        error = _api_error(status, response.headers, content, what, response, tuple(self._secrets))
+        return _AttemptFailed(error, retryable=status in RETRYABLE_STATUSES,
+                              server_may_have_acted=status not in NOT_ACTED_STATUSES)
+
+    def _decode(self, response: requests.Response, content: bytes, what: str) -> Any:
+        if not content.strip():
+            return None
+        try:
+            return json.loads(content)
+        except (ValueError, RecursionError) as exc:
+            problem = ("nested too deeply" if isinstance(exc, RecursionError)
+                       else f"not JSON ({response.headers.get('Content-Type', 'unknown type')})")
+            error = UnexpectedResponseError(
+                f"{what} answered HTTP {response.status_code} with a body that is {problem}: "
+                f"{_excerpt(content, 200, tuple(self._secrets))!r}",
+                status_code=response.status_code, response=response)
+        raise _AttemptFailed(error)
+
+    def _forget_parent_connections(self) -> None:
+        """In a forked child: drop the pooled connections inherited from the parent
+        (closing our copies only; the parent's sockets are not shut down) and its
+        watchdog, so the child never reads an answer meant for its parent."""
+        for adapter in self._session.adapters.values():
+            managers = [getattr(adapter, "poolmanager", None), *getattr(adapter, "proxy_manager", {}).values()]
+            for manager in managers:
+                if manager is not None:
+                    manager.clear()
+        self._watchdog = _Watchdog()
+        self._pid = os.getpid()
 
     # .. Streams .......................................................................
 
@@ -901,49 +1412,82 @@ class Client:
         self._sleep(delay)
         return failures
 
-    def _open_socket(self, path: str, mint_ticket: Callable[[], WsTicket]) -> Any:
-        """Mint a ticket and open the WebSocket; retryable failures raise _ConnectionLost."""
-        import ssl
-
+    def _open_socket(self, path: str, mint_ticket: Callable[[], WsTicket],
+                     deadline: Optional[float] = None) -> Any:
+        """Mint a ticket and open the WebSocket, all within the client's timeout (and
+        ``deadline``); retryable failures raise _ConnectionLost."""
         import websocket  # imported here so scripts that never stream start faster
 
+        if self._pid != os.getpid():
+            self._forget_parent_connections()
         try:
             ticket = mint_ticket()
         except (APIConnectionError, ServerError, RateLimitError) as exc:
             if isinstance(exc.__cause__, requests.exceptions.SSLError):
                 raise  # a certificate problem: another attempt would fail the same way
-            raise _ConnectionLost(f"could not mint a ticket: {exc}", exc,
-                                  getattr(exc, "retry_after", None)) from None
+            lost = _ConnectionLost(f"could not mint a ticket: {exc}", exc, getattr(exc, "retry_after", None))
+        else:
+            lost = None
+        if lost is not None:
+            raise lost
         url = self._socket_url(path, ticket)
-        safe_url = _redact(url, ticket.ticket)
-        logger.debug("stream %s: connecting to %s", path, safe_url)
-        connect_timeout = self.timeout[0] if isinstance(self.timeout, tuple) else self.timeout
+        route = self._route(url)
+        logger.debug("stream %s: connecting to %s", path, self._redact(url))
+        started = time.monotonic()
+        attempt = _Attempt(started + self._attempt_seconds if deadline is None
+                           else min(started + self._attempt_seconds, deadline))
+        ws = _read_ahead_websocket_class()(sslopt=_socket_sslopt(route), skip_utf8_validation=True,
+                                           enable_multithread=False)
+        ws.settimeout(max(attempt.deadline - started, 0.001))
+        attempt.connection = ws
+        self._watchdog.watch(attempt)
         try:
-            return websocket.create_connection(
-                url, timeout=connect_timeout, class_=_read_ahead_websocket_class(),
-                skip_utf8_validation=True, enable_multithread=False,
-                redirect_limit=0, header={"User-Agent": self.user_agent},
-                sslopt=self._socket_sslopt(), **_socket_proxy_options(url),
-            )
-        except websocket.WebSocketBadStatusException as exc:
+            ws.connect(url, redirect_limit=0, header={"User-Agent": self.user_agent},
+                       **_socket_proxy_options(url, route["proxies"]))
+        except Exception as exc:  # noqa: BLE001 - each kind is sorted out below
+            failure: Optional[BaseException] = self._socket_failure(exc, path, url, attempt)
+        else:
+            failure = None
+        finally:
+            self._watchdog.unwatch(attempt)
+        if failure is not None or attempt.expired:
+            ws.shutdown()
+            raise failure or _ConnectionLost("the WebSocket handshake took longer than the client's timeout")
+        return ws
+
+    def _socket_failure(self, exc: Exception, path: str, url: str, attempt: _Attempt) -> BaseException:
+        """The one place a failure to open a stream becomes our error (redacted, with
+        no cause attached, as websocket-client's messages may quote the ticket)."""
+        import ssl
+
+        import websocket
+
+        if attempt.expired:
+            return _ConnectionLost(f"the WebSocket handshake took longer than its {self._attempt_seconds:g} s timeout")
+        if isinstance(exc, websocket.WebSocketBadStatusException):
             body = getattr(exc, "resp_body", None) or b""
             error = _api_error(exc.status_code, requests.structures.CaseInsensitiveDict(
                 getattr(exc, "resp_headers", None) or {}), body if isinstance(body, bytes) else body.encode(),
-                f"WebSocket upgrade {path}/ws", secrets=(ticket.ticket, self._api_key))
+                f"WebSocket upgrade {path}/ws", secrets=tuple(self._secrets))
             if exc.status_code in RETRYABLE_STATUSES:
-                raise _ConnectionLost(str(error), error, getattr(error, "retry_after", None)) from None
-            raise error from None
-        except ssl.SSLCertVerificationError as exc:  # retrying cannot fix a certificate
-            raise StreamError(f"stream {path}: TLS failed ({exc.verify_message}); check verify=") from None
-        except ValueError as exc:  # websocket-client's word for an unusable URL
-            raise StreamError(f"stream {path}: cannot connect to {safe_url!r} ({exc})") from None
-        except (OSError, websocket.WebSocketException) as exc:
-            reason = _redact(str(exc) or type(exc).__name__, ticket.ticket)
-            raise _ConnectionLost(f"could not connect ({reason})", exc) from None
+                return _ConnectionLost(str(error), error, error.retry_after)
+            return error
+        reason = self._redact(str(exc) or type(exc).__name__)
+        if isinstance(exc, websocket.WebSocketProxyException) and re.search(r"\b407\b", reason):
+            return ProxyAuthenticationError(
+                f"stream {path}: the proxy refused to carry the stream ({reason}); check the "
+                "proxy's credentials (in https_proxy, or the session's proxies)")
+        if isinstance(exc, ssl.SSLCertVerificationError):  # retrying cannot fix a certificate
+            return StreamError(f"stream {path}: TLS failed ({exc.verify_message}); check verify=")
+        if isinstance(exc, ValueError):  # websocket-client's word for an unusable URL
+            return StreamError(f"stream {path}: cannot connect to {self._redact(url)!r} ({reason})")
+        if isinstance(exc, (OSError, websocket.WebSocketException)):
+            return _ConnectionLost(f"could not connect ({reason})")
+        return exc
 
     def _socket_url(self, path: str, ticket: WsTicket) -> str:
-        """The ticket's ``wsUrl``, or else ``<base>/…/ws?ticket=`` with ws(s)."""
-        secure_base = self.base_url.startswith("https:")
+        """The ticket's ``wsUrl``, or else ``<base>/…/ws?ticket=`` with ws(s); never a
+        cleartext URL where the base URL would not be allowed one."""
         if ticket.ws_url is None:
             url = f"{self.base_url}{path}/ws?ticket={quote(ticket.ticket, safe='')}"
         else:
@@ -951,23 +1495,52 @@ class Client:
         parts = urlsplit(url)
         scheme = _SOCKET_SCHEMES.get(parts.scheme.lower())
         if scheme is None or not parts.hostname:
-            raise StreamError(f"the ticket's wsUrl is not a ws(s) URL: {_redact(url, ticket.ticket)!r}")
-        if secure_base and scheme == "ws":
+            raise StreamError(f"the ticket's wsUrl is not a ws(s) URL: {self._redact(url)!r}")
+        if scheme == "ws" and self.base_url.startswith("https:"):
             raise StreamError("refusing the ticket's wsUrl: it downgrades https to plain ws, "
                               "which would send the ticket and events in clear")
+        if scheme == "ws" and not _is_loopback(parts.hostname) and not self.allow_insecure_http:
+            raise StreamError(f"refusing the ticket's plain-ws wsUrl to {parts.hostname}: the ticket would "
+                              "cross the network in clear; pass allow_insecure_http=True if you really mean it")
         return urlunsplit((scheme,) + tuple(parts[1:]))
 
-    def _socket_sslopt(self) -> dict:
-        """TLS options so that a stream trusts exactly what ``get_run`` trusts."""
-        import ssl
 
-        verify = self._send_settings["verify"]  # verify=, else REQUESTS_CA_BUNDLE, else True
-        if verify is False:
-            return {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}
-        if verify is True:
-            verify = requests.certs.where()
-        key = "ca_cert_path" if os.path.isdir(verify) else "ca_certs"
-        return {"cert_reqs": ssl.CERT_REQUIRED, key: verify}
+def _socket_sslopt(route: Mapping[str, Any]) -> dict:
+    """websocket-client TLS options for the route requests chose: the same trust
+    (CA bundle, or none with verify=False) and the same client certificate."""
+    import ssl
+
+    verify, cert = route["verify"], route["cert"]
+    if verify is False:
+        options: dict = {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}
+    else:
+        bundle = requests.certs.where() if verify in (True, None) else verify
+        options = {"cert_reqs": ssl.CERT_REQUIRED,
+                   ("ca_cert_path" if os.path.isdir(bundle) else "ca_certs"): bundle}
+    if isinstance(cert, str):
+        options["certfile"] = cert
+    elif isinstance(cert, (tuple, list)) and len(cert) == 2:
+        options["certfile"], options["keyfile"] = cert
+    return options
+
+
+def _socket_proxy_options(url: str, proxies: Mapping[str, str]) -> dict:
+    """websocket-client proxy options for the proxy requests would use for this URL."""
+    proxy = requests.utils.select_proxy(_as_http(url), proxies)
+    if not proxy:
+        return {"http_no_proxy": ["*"]}  # and stop websocket-client reading the env itself
+    parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+    if parts.scheme not in _PROXY_TYPES:
+        raise StreamError(f"websocket-client cannot use a {parts.scheme!r} proxy; "
+                          f"use one of {', '.join(_PROXY_TYPES)}")
+    options = {
+        "proxy_type": parts.scheme,
+        "http_proxy_host": parts.hostname,
+        "http_proxy_port": parts.port or 80,
+    }
+    if parts.username:
+        options["http_proxy_auth"] = (unquote(parts.username), unquote(parts.password or ""))
+    return options
 
 
 # -- Streams ---------------------------------------------------------------------------
@@ -1166,27 +1739,6 @@ def _close_socket(ws: Any) -> None:
     if ws.connected:
         ws.close(status=1000, timeout=CLOSE_TIMEOUT)
     ws.shutdown()
-
-
-def _socket_proxy_options(url: str) -> dict:
-    """websocket-client proxy options taken from the same environment requests reads."""
-    http_url = "http" + url[2:]  # ws:// -> http://, wss:// -> https://
-    proxy = requests.utils.select_proxy(http_url, requests.utils.get_environ_proxies(http_url))
-    if not proxy:
-        return {"http_no_proxy": ["*"]}  # and stop websocket-client reading the env itself
-    parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
-    if parts.scheme not in _PROXY_TYPES:
-        raise StreamError(f"websocket-client cannot use a {parts.scheme!r} proxy; "
-                          f"use one of {', '.join(_PROXY_TYPES)}")
-    options = {
-        "proxy_type": parts.scheme,
-        "http_proxy_host": parts.hostname,
-        "http_proxy_port": parts.port or 80,
-    }
-    if parts.username:
-        options["http_proxy_auth"] = (requests.utils.unquote(parts.username),
-                                      requests.utils.unquote(parts.password or ""))
-    return options
 
 
 # -- Shortcuts -------------------------------------------------------------------------

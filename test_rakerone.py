@@ -570,7 +570,7 @@ def test_api_key_never_appears_in_repr_errors_or_logs(mocked, caplog, sleeps):
     with pytest.raises(rakerone.ServerError) as raised:
         client.get_run("p", "r")
 
-    shown = [repr(client), repr(client._templates), str(raised.value), repr(raised.value), caplog.text,
+    shown = [repr(client), repr(client._auth), str(raised.value), repr(raised.value), caplog.text,
              "".join(traceback.format_exception(type(raised.value), raised.value, raised.value.__traceback__))]
     assert all(API_KEY not in text for text in shown)
     assert "Bearer ***" in str(raised.value)
@@ -994,11 +994,12 @@ def test_an_untrusted_certificate_fails_at_once_without_retrying(tls_fake, sleep
     assert sleeps == []
 
 
-def test_a_stream_with_an_untrusted_certificate_is_a_stream_error(tls_fake):
+def test_a_stream_with_an_untrusted_certificate_is_a_stream_error(tls_fake, monkeypatch):
     fake, ca_bundle = tls_fake
+    monkeypatch.setattr(rakerone, "_socket_sslopt",  # the socket alone trusts certifi only
+                        lambda route: {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": requests.certs.where()})
 
     with rakerone.Client(fake.api_key, base_url=fake.base_url, verify=ca_bundle) as client:
-        client._socket_sslopt = lambda: {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": requests.certs.where()}
         with pytest.raises(rakerone.StreamError, match="TLS failed"):
             next(client.iter_run_events(PROJECT, RUN))
 
