@@ -21,9 +21,12 @@ import time
 import traceback
 import uuid
 
+import h11
 import pytest
 import requests
 import responses
+import wsproto
+import wsproto.events
 
 import rakerone
 import rakerone_fake
@@ -48,11 +51,23 @@ SEED_TICKET_RESPONSE = {
 UTC = datetime.timezone.utc
 
 
+# What changes how requests, urllib3, websocket-client or ssl behave, read from their
+# sources: every `*_proxy` variable (urllib's getproxies_environment, websocket-client's
+# http_proxy / https_proxy / no_proxy), the CA bundles of requests (REQUESTS_CA_BUNDLE,
+# CURL_CA_BUNDLE) and websocket-client (WEBSOCKET_CLIENT_CA_BUNDLE), OpenSSL's default
+# trust store (SSL_CERT_FILE, SSL_CERT_DIR), TLS key logging (SSLKEYLOGFILE) and ~/.netrc
+# credentials, which requests would put in the Authorization header.
+LIBRARY_ENVIRONMENT = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "WEBSOCKET_CLIENT_CA_BUNDLE",
+                       "SSL_CERT_FILE", "SSL_CERT_DIR", "SSLKEYLOGFILE")
+
+
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch):
-    for name in ("RAKERONE_API_KEY", "RAKERONE_BASE_URL", "http_proxy", "https_proxy",
-                 "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
+    """Run every test as on a machine with no proxy, CA bundle, netrc or RAKERONE_ setting."""
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy") or name.startswith("RAKERONE_") or name in LIBRARY_ENVIRONMENT:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("NETRC", os.devnull)
 
 
 @pytest.fixture
@@ -73,10 +88,112 @@ def mocked():
         yield mock
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.fixture
+def refused_port():
+    """A loopback port bound for the test's duration but not listening: connections are refused."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield bound.getsockname()[1]
+
+
+class PingCountingPeer:
+    """One run stream on 127.0.0.1 that counts the client's pings and answers each with a pong.
+
+    Served with h11 (the ticket request) and wsproto (the WebSocket): it mints a ticket,
+    accepts one socket, sends event ``e1``, then stays quiet except for pongs until it has
+    answered ``pings_before_e2`` pings (or ``give_up_after`` seconds passed), then sends
+    ``e2`` and waits for the client's close.
+    """
+
+    def __init__(self, pings_before_e2: int, give_up_after: float = 3.0) -> None:
+        self.pings_before_e2 = pings_before_e2
+        self.give_up_after = give_up_after
+        self.pings_answered = 0
+        self.upgrades = 0
+        self.quiet_seconds = 0.0
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(4)
+        self._listener.settimeout(0.05)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="ping-counting-peer")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/api"
+
+    def __enter__(self) -> PingCountingPeer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopping.set()
+        self._thread.join()
+        self._listener.close()
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                conn.settimeout(0.05)
+                self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
+        http = h11.Connection(h11.SERVER)
+        event = self._next_http_event(conn, http)
+        if not isinstance(event, h11.Request):
+            return
+        if event.method == b"POST":
+            body = json.dumps({"ticket": "ping-test-ticket"}).encode()
+            conn.sendall(http.send(h11.Response(status_code=200, headers=[
+                ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                ("Connection", "close")])) + http.send(h11.Data(data=body)) + http.send(h11.EndOfMessage()))
+            return
+        ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        ws.initiate_upgrade_connection(event.headers, event.target)
+        conn.sendall(ws.send(wsproto.events.AcceptConnection()))
+        self.upgrades += 1
+        self._stream(conn, ws)
+
+    def _next_http_event(self, conn: socket.socket, http: h11.Connection) -> object:
+        while not self._stopping.is_set():
+            event = http.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                http.receive_data(conn.recv(65536))
+            except socket.timeout:
+                continue
+        return None
+
+    def _stream(self, conn: socket.socket, ws: wsproto.WSConnection) -> None:
+        conn.sendall(ws.send(wsproto.events.TextMessage(data=json.dumps({"type": "tick", "id": "e1"}))))
+        quiet_since = time.monotonic()
+        e2_sent = False
+        while not self._stopping.is_set():
+            try:
+                data = conn.recv(65536)
+            except socket.timeout:
+                data = None
+            if data == b"":
+                return
+            if data:
+                ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, wsproto.events.Ping):
+                    conn.sendall(ws.send(event.response()))
+                    self.pings_answered += 1
+                elif isinstance(event, wsproto.events.CloseConnection):
+                    conn.sendall(ws.send(event.response()))
+                    return
+            quiet = time.monotonic() - quiet_since
+            if not e2_sent and (self.pings_answered >= self.pings_before_e2 or quiet >= self.give_up_after):
+                self.quiet_seconds = quiet
+                conn.sendall(ws.send(wsproto.events.TextMessage(data=json.dumps({"type": "tick", "id": "e2"}))))
+                e2_sent = True
 
 
 # -- Models ----------------------------------------------------------------------------
@@ -529,8 +646,8 @@ def test_client_errors_are_not_retried(client, mocked, sleeps, status):
     assert len(mocked.calls) == 1 and sleeps == []
 
 
-def test_connection_refused_is_an_api_connection_error_after_retries(sleeps):
-    client = rakerone.Client(API_KEY, base_url=f"http://127.0.0.1:{free_port()}/api", max_retries=2)
+def test_connection_refused_is_an_api_connection_error_after_retries(sleeps, refused_port):
+    client = rakerone.Client(API_KEY, base_url=f"http://127.0.0.1:{refused_port}/api", max_retries=2)
     client._sleep = sleeps.append
 
     with pytest.raises(rakerone.APIConnectionError) as raised:
@@ -871,17 +988,19 @@ def test_a_silent_peer_is_replaced_by_a_new_connection(fake, stream_client):
     assert ids == ["e1", "e2"] and fake.connections >= 2
 
 
-def test_a_quiet_but_alive_stream_is_kept_open_by_pings(fake, stream_client):
-    emit(fake, 1)
-    events = stream_client.iter_run_events(PROJECT, RUN, reconnect=False, ping_interval=0.1, ping_timeout=0.5)
-    next(events)
-    later = threading.Timer(0.6, emit, (fake, 2))
-    later.start()
+def test_a_quiet_but_alive_stream_is_kept_open_by_pings(no_leaks):
+    ping_interval, ping_timeout = 0.1, 0.3
 
-    assert next(events).id == "e2"
-    assert fake.connections == 1
-    events.close()
-    later.join()
+    with PingCountingPeer(pings_before_e2=5) as peer:
+        with rakerone.Client("test-key", base_url=peer.base_url, timeout=5) as client:
+            events = client.iter_run_events(PROJECT, RUN, reconnect=False,
+                                            ping_interval=ping_interval, ping_timeout=ping_timeout)
+            ids = [next(events).id, next(events).id]
+            events.close()
+
+    assert ids == ["e1", "e2"] and peer.upgrades == 1
+    assert peer.pings_answered >= 5  # sent, and answered: each pong bought another ping_timeout
+    assert peer.quiet_seconds > ping_interval + ping_timeout
 
 
 def test_idle_timeout_raises_stream_timeout_error(fake, stream_client):
@@ -1204,8 +1323,8 @@ def test_cli_unknown_run_exits_4_with_one_line(fake, cli_env):
     assert_one_line_error(result, "HTTP 404", "no-such-run")
 
 
-def test_cli_unreachable_api_exits_6(fake, cli_env):
-    cli_env["RAKERONE_BASE_URL"] = f"http://127.0.0.1:{free_port()}/api"
+def test_cli_unreachable_api_exits_6(fake, cli_env, refused_port):
+    cli_env["RAKERONE_BASE_URL"] = f"http://127.0.0.1:{refused_port}/api"
 
     result = run_cli(cli_env, "--timeout", "2", "run", "get", PROJECT, RUN)
 
@@ -1329,8 +1448,30 @@ def test_fault_soak_delivers_every_event_exactly_once_in_order(fake, no_leaks):
     assert elapsed < 45
 
 
+def fake_as_proxy(client) -> requests.Session:
+    """A session sending plain-http requests through the fake as a forward proxy.
+
+    A request to any host then reaches the fake, so it shows in ``requests_seen``.
+    """
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies = {"http": client.base_url.rsplit("/api", 1)[0]}
+    return session
+
+
+def get_run_with(client, **options):
+    """Build a client like ``client`` (the fake's URL, the key from the environment) but
+    with ``options``, and ask it for a run: traffic the fake sees, unless refused first."""
+    options = {"base_url": client.base_url, **options}
+    with rakerone.Client(**options) as other:
+        return other.get_run(PROJECT, RUN)
+
+
+# Each row calls something that sends a request or opens a stream unless the input is
+# refused first; the fake has an event ready, so a stream that got through would return
+# it at once instead of waiting.
 HOSTILE_INPUTS = [
-    # (what, how the client is built or called)
+    # (what, a call that would reach the fake were the input not refused)
     ("empty project id", lambda c: c.get_run("", RUN)),
     ("blank run id", lambda c: c.get_run(PROJECT, " \t\n")),
     ("dot-dot run id", lambda c: c.mint_run_ticket(PROJECT, "..")),
@@ -1339,32 +1480,37 @@ HOSTILE_INPUTS = [
     ("float run id", lambda c: c.get_run(PROJECT, 3.0)),
     ("bytes project id", lambda c: c.get_run(b"proj", RUN)),
     ("list run id", lambda c: c.get_run(PROJECT, ["r"])),
-    ("stream with empty run id", lambda c: c.iter_run_events(PROJECT, "")),
-    ("stream with empty brief id", lambda c: c.iter_brief_events(PROJECT, "")),
-    ("zero ping_interval", lambda c: c.iter_run_events(PROJECT, RUN, ping_interval=0)),
-    ("NaN ping_timeout", lambda c: c.iter_run_events(PROJECT, RUN, ping_timeout=float("nan"))),
-    ("negative idle_timeout", lambda c: c.iter_brief_events(PROJECT, BRIEF, idle_timeout=-5)),
-    ("string max_reconnects", lambda c: c.iter_run_events(PROJECT, RUN, max_reconnects="5")),
-    ("non-bool reconnect", lambda c: c.iter_run_events(PROJECT, RUN, reconnect=None)),
-    ("no api key", lambda c: rakerone.Client("", base_url=c.base_url)),
-    ("api key with newline", lambda c: rakerone.Client("key\r\nX-Evil: 1", base_url=c.base_url)),
-    ("base url without scheme", lambda c: rakerone.Client(API_KEY, base_url="127.0.0.1:8000/api")),
-    ("javascript base url", lambda c: rakerone.Client(API_KEY, base_url="javascript:alert(1)")),
-    ("file base url", lambda c: rakerone.Client(API_KEY, base_url="file:///etc/passwd")),
-    ("base url with query", lambda c: rakerone.Client(API_KEY, base_url="https://h.test/api?x=1")),
-    ("plain http to a remote host", lambda c: rakerone.Client(API_KEY, base_url="http://example.com/api")),
-    ("non-string base url", lambda c: rakerone.Client(API_KEY, base_url=8080)),
-    ("zero timeout", lambda c: rakerone.Client(API_KEY, base_url=c.base_url, timeout=0)),
-    ("NaN timeout", lambda c: rakerone.Client(API_KEY, base_url=c.base_url, timeout=float("nan"))),
-    ("negative read timeout", lambda c: rakerone.Client(API_KEY, base_url=c.base_url, timeout=(1, -1))),
-    ("bool timeout", lambda c: rakerone.Client(API_KEY, base_url=c.base_url, timeout=True)),
-    ("negative max_retries", lambda c: rakerone.Client(API_KEY, base_url=c.base_url, max_retries=-1)),
-    ("verify as a number", lambda c: rakerone.Client(API_KEY, base_url=c.base_url, verify=1)),
+    ("stream with empty run id", lambda c: next(c.iter_run_events(PROJECT, ""))),
+    ("stream with empty brief id", lambda c: next(c.iter_brief_events(PROJECT, ""))),
+    ("zero ping_interval", lambda c: next(c.iter_run_events(PROJECT, RUN, ping_interval=0))),
+    ("NaN ping_timeout", lambda c: next(c.iter_run_events(PROJECT, RUN, ping_timeout=float("nan")))),
+    ("negative idle_timeout", lambda c: next(c.iter_brief_events(PROJECT, BRIEF, idle_timeout=-5))),
+    ("string max_reconnects", lambda c: next(c.iter_run_events(PROJECT, RUN, max_reconnects="5"))),
+    ("non-bool reconnect", lambda c: next(c.iter_run_events(PROJECT, RUN, reconnect=None))),
+    ("no api key", lambda c: get_run_with(c, api_key="")),
+    ("api key with newline", lambda c: get_run_with(c, api_key="key\r\nX-Evil: 1")),
+    ("base url without scheme", lambda c: get_run_with(c, base_url=c.base_url.split("://", 1)[1])),
+    ("javascript base url", lambda c: get_run_with(c, base_url="javascript:alert(1)")),
+    ("file base url", lambda c: get_run_with(c, base_url="file:///etc/passwd")),
+    ("base url with query", lambda c: get_run_with(c, base_url=c.base_url + "?x=1")),
+    ("plain http to a remote host",
+     lambda c: get_run_with(c, base_url="http://rakerone.invalid/api", session=fake_as_proxy(c))),
+    ("non-string base url", lambda c: get_run_with(c, base_url=8080)),
+    ("zero timeout", lambda c: get_run_with(c, timeout=0)),
+    ("NaN timeout", lambda c: get_run_with(c, timeout=float("nan"))),
+    ("negative read timeout", lambda c: get_run_with(c, timeout=(1, -1))),
+    ("bool timeout", lambda c: get_run_with(c, timeout=True)),
+    ("negative max_retries", lambda c: get_run_with(c, max_retries=-1)),
+    ("verify as a number", lambda c: get_run_with(c, verify=1)),
 ]
 
 
 @pytest.mark.parametrize("what, call", HOSTILE_INPUTS, ids=[what for what, _ in HOSTILE_INPUTS])
-def test_hostile_input_raises_configuration_error_before_any_traffic(fake, stream_client, what, call):
+def test_hostile_input_raises_configuration_error_before_any_traffic(fake, stream_client, monkeypatch,
+                                                                     what, call):
+    monkeypatch.setenv("RAKERONE_API_KEY", fake.api_key)
+    emit(fake, 1)
+
     with pytest.raises(rakerone.ConfigurationError) as raised:
         call(stream_client)
 
