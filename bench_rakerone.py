@@ -2,7 +2,7 @@
 
 Run it from a clone, in a virtualenv made with ``pip install -e '.[test]'``::
 
-    python bench_rakerone.py            # the full run, printed as a table (about 80 s)
+    python bench_rakerone.py            # the full run, printed as a table (about 90 s)
     python bench_rakerone.py --json     # the same, as one JSON object on stdout
     python bench_rakerone.py --quick    # one small smoke round, as CI runs it (about 10 s)
 
