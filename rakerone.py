@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator, Optional, Tuple, Union
-from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
 
 import attrs
 import requests
@@ -48,6 +48,8 @@ __all__ = [
     "get_run",
     "mint_run_ticket",
     "mint_brief_ticket",
+    "wait_for_run",
+    "request",
     "iter_run_events",
     "iter_brief_events",
     # models
@@ -1073,6 +1075,30 @@ class Client:
         method = _check_method(method)
         return self._request(method, _fill_path(path, ids), params=params, body=json)
 
+    def wait_for_run(
+        self,
+        project_id: Id,
+        run_id: Id,
+        *,
+        timeout: Optional[float] = None,
+        on_update: Optional[Callable[[PlaybookRun], None]] = None,
+    ) -> PlaybookRun:
+        """Block until the run finishes, and return it (succeeded or not).
+
+        Follows the run's events and confirms with ``get_run``; polls when the
+        stream cannot be had. Network errors, timeouts, 5xx, 429 and lost streams
+        are waited out with capped backoff; only answers that waiting cannot change
+        (401, 403, 404, a bad setting) raise at once. After ``timeout`` seconds,
+        raises WaitTimeoutError with the last run seen: no request, sleep or read
+        runs past that deadline. ``on_update`` is called with each state seen.
+        """
+        _path_segment("project_id", project_id), _path_segment("run_id", run_id)
+        if timeout is not None:
+            _positive_number("timeout", timeout)
+        if on_update is not None and not callable(on_update):
+            raise ConfigurationError("on_update must be a function taking a PlaybookRun")
+        return _RunWait(self, project_id, run_id, timeout, on_update).wait()
+
     def _get_run(self, path: str, deadline: Optional[float] = None) -> PlaybookRun:
         payload = self._request("GET", path, deadline=deadline)
         run = payload.get("run") if isinstance(payload, dict) else None
@@ -1741,6 +1767,136 @@ def _close_socket(ws: Any) -> None:
     ws.shutdown()
 
 
+# -- Waiting for a run -----------------------------------------------------------------
+
+WAIT_POLL_FIRST = 1.0  # seconds between get_run calls when polling, doubling...
+WAIT_POLL_CAP = 15.0  # ...up to this
+WAIT_REFRESH_EVERY = 1.0  # at most one get_run per this many seconds while events flow
+#: A quiet stream is left and the run re-checked after this many seconds without an event.
+WAIT_QUIET_RECHECK = 60.0
+
+
+def _is_final(error: RakerOneError) -> bool:
+    """Whether waiting longer cannot change this answer (a refused key, an unknown
+    run, a bad setting); everything else is trouble worth waiting out."""
+    if isinstance(error, (ConfigurationError, ProxyAuthenticationError)):
+        return True
+    if isinstance(error, APIError) and error.status_code is not None:
+        return 400 <= error.status_code < 500 and error.status_code not in (408, 429)
+    return isinstance(error, StreamError) and not isinstance(error, StreamDisconnectedError)
+
+
+class _RunWait:
+    """Waits for a run to finish: follows its events, confirms with get_run, polls
+    when the stream cannot be had, and waits out transient trouble until the deadline."""
+
+    def __init__(self, client: Client, project_id: Id, run_id: Id, timeout: Optional[float],
+                 on_update: Optional[Callable[[PlaybookRun], None]]) -> None:
+        self._client = client
+        self._path = client._run_path(project_id, run_id)
+        self._run_id = run_id
+        self._timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._on_update = on_update
+        self._last_run: Optional[PlaybookRun] = None
+        self._last_error: Optional[RakerOneError] = None
+        self._stream_refused = False
+
+    def wait(self) -> PlaybookRun:
+        delay = WAIT_POLL_FIRST
+        while True:
+            run = self._check()
+            if run is not None and run.is_terminal:
+                return run
+            if run is not None and not self._stream_refused:
+                run = self._follow_stream()
+                if run is not None:
+                    return run
+                delay = WAIT_POLL_FIRST
+            retry_after = getattr(self._last_error, "retry_after", None) or 0.0
+            self._pause(max(delay, retry_after))
+            delay = min(delay * 2, WAIT_POLL_CAP)
+
+    def _check(self) -> Optional[PlaybookRun]:
+        """The run now, or None after transient trouble (kept in ``_last_error``)."""
+        try:
+            run = self._client._get_run(self._path, self._deadline)
+        except RakerOneError as error:
+            self._note_trouble(error)
+            return None
+        self._last_run, self._last_error = run, None
+        if self._on_update is not None:
+            self._on_update(run)
+        return run
+
+    def _note_trouble(self, error: RakerOneError) -> None:
+        if _is_final(error):
+            raise error
+        logger.info("waiting for run %s: %s; trying again", self._run_id, error)
+        self._last_error = error
+        self._check_deadline()
+
+    def _follow_stream(self) -> Optional[PlaybookRun]:
+        """Re-check the run as events arrive (at most once a second) and when the
+        stream ends or fails; the finished run, or None to go on polling."""
+        client = self._client
+        settings = attrs.evolve(_StreamSettings.checked(True, 5, 20.0, 10.0, WAIT_QUIET_RECHECK),
+                                deadline=self._deadline)
+        events = client._iter_events(self._path, lambda: client._mint_ticket(self._path + "/ws-ticket",
+                                                                            self._deadline), settings)
+        last_check = time.monotonic()
+        try:
+            while self._next_event(events):
+                if time.monotonic() - last_check >= WAIT_REFRESH_EVERY:
+                    last_check = time.monotonic()
+                    run = self._check()
+                    if run is not None and run.is_terminal:
+                        return run
+        finally:
+            events.close()
+        self._check_deadline()
+        run = self._check()
+        return run if run is not None and run.is_terminal else None
+
+    def _next_event(self, events: Iterator[Event]) -> bool:
+        """Whether an event arrived; False once the stream ended, went quiet or failed."""
+        try:
+            next(events)
+            return True
+        except StopIteration:
+            return False
+        except StreamTimeoutError:  # quiet for a while, or the deadline: check the run
+            return False
+        except (AuthenticationError, PermissionDeniedError, NotFoundError, StreamError) as error:
+            if isinstance(error, StreamDisconnectedError):
+                self._note_trouble(error)
+            else:
+                logger.info("waiting for run %s: no event stream (%s); polling instead", self._run_id, error)
+                self._stream_refused = True
+            return False
+        except RakerOneError as error:
+            self._note_trouble(error)
+            return False
+
+    def _pause(self, seconds: float) -> None:
+        if self._deadline is not None:
+            seconds = min(seconds, self._deadline - time.monotonic())
+        if seconds > 0:
+            self._client._sleep(seconds)
+        self._check_deadline()
+
+    def _check_deadline(self) -> None:
+        if self._deadline is None or time.monotonic() < self._deadline:
+            return
+        if self._last_run is None:
+            message = (f"gave up waiting for run {self._run_id} after {self._timeout:g} s: "
+                       f"the API could not be reached ({self._last_error})")
+        else:
+            message = f"run {self._run_id} still {self._last_run.status or 'unfinished'} after {self._timeout:g} s"
+        raise WaitTimeoutError(message,
+                               self._last_run, self._last_error)
+
+
 # -- Shortcuts -------------------------------------------------------------------------
 
 
@@ -1760,6 +1916,20 @@ def mint_brief_ticket(project_id: Id, brief_id: Id) -> WsTicket:
     """Mint a brief ticket with a client built from the environment."""
     with Client() as client:
         return client.mint_brief_ticket(project_id, brief_id)
+
+
+def wait_for_run(project_id: Id, run_id: Id, *, timeout: Optional[float] = None) -> PlaybookRun:
+    """Wait for a run to finish with a client built from the environment; see
+    ``Client.wait_for_run``."""
+    with Client() as client:
+        return client.wait_for_run(project_id, run_id, timeout=timeout)
+
+
+def request(method: str, path: str, *ids: Id, params: Optional[Mapping[str, Any]] = None,
+            json: Any = None) -> Any:
+    """Call any API path with a client built from the environment; see ``Client.request``."""
+    with Client() as client:
+        return client.request(method, path, *ids, params=params, json=json)
 
 
 def iter_run_events(project_id: Id, run_id: Id, **options: Any) -> Iterator[Event]:
@@ -1794,16 +1964,26 @@ def _closing_client(client: Client, events: Iterator[Event]) -> Iterator[Event]:
 EXIT_OK = 0
 EXIT_RUN_UNSUCCESSFUL = 1
 EXIT_USAGE = 2
-EXIT_CONFIGURATION = 3  # configuration or authentication
+EXIT_CONFIGURATION = 3  # configuration or authentication, the API's or a proxy's
 EXIT_NOT_FOUND = 4
 EXIT_API_ERROR = 5
 EXIT_NETWORK = 6  # connection or network timeout: worth a retry later
+EXIT_SOFTWARE = 70  # a bug in rakerone (sysexits' EX_SOFTWARE)
+EXIT_OUTPUT = 74  # the output could not be written (sysexits' EX_IOERR)
 EXIT_DEADLINE = 124  # as timeout(1)
 EXIT_INTERRUPTED = 130
 
-WAIT_POLL_FIRST = 1.0  # seconds between get_run calls when polling, doubling...
-WAIT_POLL_CAP = 15.0  # ...up to this
-WAIT_REFRESH_EVERY = 1.0  # at most one get_run per this many seconds while events flow
+
+class _OutputFailed(Exception):
+    """Internal: stdout could not be written (closed, full, or the reader left)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause) or type(cause).__name__)
+        self.reader_left = isinstance(cause, BrokenPipeError)
+
+
+class _UsageError(Exception):
+    """Internal: a command's arguments are unusable; exit 2 with this message."""
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -1820,79 +2000,86 @@ def main(argv: Optional[list] = None) -> int:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
+    secrets: Any = [os.environ.get(API_KEY_ENV)]
     try:
         with Client(base_url=args.base_url, timeout=args.request_timeout) as client:
+            secrets = client._secrets
             return args.handler(client, args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # The reader went away (`| head`): end quietly, without a second error at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
+    except _OutputFailed as failed:
+        return _output_failed(failed, quiet=failed.reader_left and args.handler in _STREAMING_COMMANDS)
+    except _UsageError as exc:
+        _say(f"rakerone: {exc}")
+        return EXIT_USAGE
     except RakerOneError as exc:
         if args.verbose:
             logger.exception("failed")
-        print(f"rakerone: {exc}", file=sys.stderr)
+        _say(f"rakerone: {exc}")
+        if args.handler is _cmd_api and isinstance(exc, APIError) and exc.body is not None:
+            _say(_redact(json.dumps(exc.body, ensure_ascii=False), *secrets))
         return _exit_code(exc)
+    except Exception as exc:  # noqa: BLE001 - a bug must never pass for a run's outcome
+        if args.verbose:
+            logger.exception("internal error")
+        _say(f"rakerone: internal error, please report it: {type(exc).__name__}: "
+             f"{_redact(str(exc), *secrets)}")
+        return EXIT_SOFTWARE
 
 
 def _exit_code(error: RakerOneError) -> int:
-    if isinstance(error, (ConfigurationError, AuthenticationError, PermissionDeniedError)):
+    if isinstance(error, (ConfigurationError, AuthenticationError, PermissionDeniedError,
+                          ProxyAuthenticationError)):
         return EXIT_CONFIGURATION
     if isinstance(error, NotFoundError):
         return EXIT_NOT_FOUND
     if isinstance(error, (APIConnectionError, StreamDisconnectedError)):
         return EXIT_NETWORK
+    if isinstance(error, WaitTimeoutError):
+        return EXIT_NETWORK if error.run is None else EXIT_DEADLINE
     return EXIT_API_ERROR
 
 
-def _command_parser(argparse: Any) -> Any:
-    parser = argparse.ArgumentParser(
-        prog="rakerone",
-        description=f"Query RakerOne runs and follow their events. The API key is read from {API_KEY_ENV}.",
-        epilog="exit codes: 0 ok, 1 run finished unsuccessfully, 2 usage, 3 configuration or "
-               "authentication, 4 not found, 5 other API error, 6 connection or network timeout, "
-               "124 run wait deadline passed, 130 interrupted",
-    )
-    parser.add_argument("--version", action="version", version=f"rakerone {__version__}")
-    parser.add_argument("--base-url", help=f"API root (default ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})")
-    parser.add_argument("--timeout", dest="request_timeout", type=float, default=DEFAULT_TIMEOUT,
-                        metavar="S", help="seconds per HTTP request (default %(default)s)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens on stderr (redacted)")
-    nouns = parser.add_subparsers(dest="noun", required=True, metavar="{run,brief}")
-    for noun, noun_help, id_name, commands in (
-        ("run", "playbook runs", "run_id", (
-            ("get", _cmd_run_get, "print the run as JSON, exactly as the server sent it"),
-            ("ticket", _cmd_run_ticket, "mint a WebSocket ticket and print it as JSON"),
-            ("events", _cmd_run_events, "print one JSON line per event as it arrives"),
-            ("wait", _cmd_run_wait, "wait until the run finishes; print it; exit 0 if it succeeded, 1 if not"),
-        )),
-        ("brief", "briefs", "brief_id", (
-            ("ticket", _cmd_brief_ticket, "mint a WebSocket ticket and print it as JSON"),
-            ("events", _cmd_brief_events, "print one JSON line per shaping-log entry as it arrives"),
-        )),
-    ):
-        verbs = nouns.add_parser(noun, help=noun_help).add_subparsers(dest="verb", required=True)
-        for verb, handler, help_text in commands:
-            command = verbs.add_parser(verb, help=help_text, description=help_text)
-            command.add_argument("project_id", metavar="PROJECT")
-            command.add_argument(id_name, metavar=noun.upper())
-            command.set_defaults(handler=handler)
-            if handler is _cmd_run_wait:
-                command.add_argument("--timeout", dest="deadline", type=float, metavar="S",
-                                     help="give up after S seconds with exit code 124")
-    return parser
+def _say(line: str) -> None:
+    """One line on stderr, whatever the locale; never an error of its own."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _output_failed(failed: _OutputFailed, quiet: bool) -> int:
+    """End after stdout failed: quietly (exit 0) when a reader such as ``head`` left
+    an event stream, else with EXIT_OUTPUT."""
+    try:  # nothing more may reach the broken stdout, not even at interpreter exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    except OSError:
+        pass
+    if quiet:
+        return EXIT_OK
+    _say(f"rakerone: could not write the output ({failed})")
+    return EXIT_OUTPUT
+
+
+def _write(text: str) -> None:
+    """Write UTF-8 to stdout (JSON stays valid JSON in an ASCII or C locale) and flush."""
+    try:
+        stdout = sys.stdout.buffer  # AttributeError when stdout was closed (None) at start
+        stdout.write(text.encode("utf-8"))
+        stdout.flush()
+    except (OSError, ValueError, AttributeError) as exc:
+        raise _OutputFailed(exc) from None
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False), flush=True)
+    if value is not None:
+        _write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 def _print_json_lines(events: Iterator[Event]) -> int:
-    write, flush = sys.stdout.write, sys.stdout.flush
+    dumps, write = json.dumps, _write
     for event in events:
-        write(json.dumps(event.raw, ensure_ascii=False, separators=(",", ":")) + "\n")
-        flush()
+        write(dumps(event.raw, ensure_ascii=False, separators=(",", ":")) + "\n")
     return EXIT_OK
 
 
@@ -1920,100 +2107,130 @@ def _cmd_brief_events(client: Client, args: Any) -> int:
 
 
 def _cmd_run_wait(client: Client, args: Any) -> int:
-    if args.deadline is not None:
-        _positive_number("--timeout", args.deadline)
-    waiter = _RunWaiter(client, args.project_id, args.run_id, args.deadline)
-    run = waiter.wait()
-    if run is None:
-        print(f"rakerone: run {args.run_id} still {waiter.last_status} after {args.deadline:g} s",
-              file=sys.stderr)
-        return EXIT_DEADLINE
-    _print_json(run.raw)
-    return EXIT_OK if run.succeeded else EXIT_RUN_UNSUCCESSFUL
+    progress = _ProgressLine() if sys.stderr is not None and sys.stderr.isatty() else None
+    try:
+        run = client.wait_for_run(args.project_id, args.run_id, timeout=args.deadline,
+                                  on_update=progress.show if progress else None)
+    finally:
+        if progress:
+            progress.clear()
+    outcome = EXIT_OK if run.succeeded else EXIT_RUN_UNSUCCESSFUL
+    try:
+        _print_json(run.raw)
+    except _OutputFailed as failed:  # the run's outcome still decides the exit code
+        _output_failed(failed, quiet=failed.reader_left)
+    return outcome
 
 
-class _RunWaiter:
-    """Waits for a run to finish: follows its events, confirms with get_run, and
-    falls back to polling when the stream cannot be had."""
+def _cmd_api(client: Client, args: Any) -> int:
+    path, _, query = args.path.partition("?")
+    path = "/" + path.lstrip("/")
+    base_path = urlsplit(client.base_url).path
+    if base_path and (path + "/").startswith(base_path + "/"):
+        path = path[len(base_path):] or "/"  # "/api/projects" under ".../api" is "/projects"
+    fields = dict(_field(text) for text in args.field)
+    body = _read_input(args.input) if args.input is not None else None
+    method = (args.method or ("POST" if fields or args.input is not None else "GET")).upper()
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    if method in ("GET", "HEAD", "DELETE") and args.input is None:
+        params.update(fields)
+    elif fields:
+        if body is not None and not isinstance(body, dict):
+            raise _UsageError("-f fields can only be added to a JSON object given with --input")
+        body = {**(body or {}), **fields}
+    _check_method(method)
+    _fill_path(path, ())  # checks the path: relative, no dot segments, no placeholders
+    _print_json(client._request(method, path, params=params or None, body=body))
+    return EXIT_OK
 
-    def __init__(self, client: Client, project_id: Id, run_id: Id, timeout: Optional[float]) -> None:
-        self._client = client
-        self._project_id = project_id
-        self._run_id = run_id
+
+def _field(text: str) -> Tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise _UsageError(f"-f takes key=value, not {text!r}")
+    return key, value
+
+
+def _read_input(name: str) -> Any:
+    try:
+        if name == "-":
+            text = sys.stdin.read() if sys.stdin is not None else ""
+        else:
+            with open(name, encoding="utf-8") as file:
+                text = file.read()
+        return json.loads(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = f"cannot read --input {name}: {exc}"
+    except (ValueError, RecursionError) as exc:
+        problem = f"--input {name} is not JSON: {exc}"
+    raise _UsageError(problem)
+
+
+_STREAMING_COMMANDS = (_cmd_run_events, _cmd_brief_events)
+
+
+class _ProgressLine:
+    """One live status line on a terminal's stderr: status, steps done, elapsed."""
+
+    def __init__(self) -> None:
         self._started = time.monotonic()
-        self._deadline = None if timeout is None else self._started + timeout
-        self._show_progress = sys.stderr.isatty()
-        self.last_status = "unknown"
 
-    def wait(self) -> Optional[PlaybookRun]:
-        """The finished run, or None when the deadline passed first."""
-        try:
-            run = self._refresh()
-            if run.is_terminal:
-                return run
-            run = self._follow_stream()
-            if run is None and not self._deadline_passed():
-                run = self._poll()
-            return run
-        finally:
-            if self._show_progress:
-                print("\r\033[K", end="", file=sys.stderr, flush=True)
+    def show(self, run: PlaybookRun) -> None:
+        done = sum(1 for step in run.steps if step.finished_at or
+                   _normalise_status(step.status) in SUCCESS_STATUSES | FAILURE_STATUSES)
+        elapsed = int(time.monotonic() - self._started)
+        print(f"\r\033[K{run.status or 'unknown'} · steps {done}/{len(run.steps)} done · "
+              f"{elapsed // 60:02d}:{elapsed % 60:02d} elapsed", end="", file=sys.stderr, flush=True)
 
-    def _refresh(self) -> PlaybookRun:
-        run = self._client.get_run(self._project_id, self._run_id)
-        self.last_status = run.status or "unknown"
-        if self._show_progress:
-            done = sum(1 for step in run.steps if step.finished_at or
-                       _normalise_status(step.status) in SUCCESS_STATUSES | FAILURE_STATUSES)
-            elapsed = int(time.monotonic() - self._started)
-            print(f"\r\033[K{self.last_status} · steps {done}/{len(run.steps)} done · "
-                  f"{elapsed // 60:02d}:{elapsed % 60:02d} elapsed", end="",
-                  file=sys.stderr, flush=True)
-        return run
+    def clear(self) -> None:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
 
-    def _deadline_passed(self) -> bool:
-        return self._deadline is not None and time.monotonic() >= self._deadline
 
-    def _follow_stream(self) -> Optional[PlaybookRun]:
-        """Re-check the run as events arrive (at most once a second) and at the end.
-        None when the stream ended or failed without the run finishing."""
-        client = self._client
-        path = client._run_path(self._project_id, self._run_id)
-        settings = _StreamSettings(reconnect=True, max_reconnects=5, ping_interval=20.0, ping_timeout=10.0,
-                                   idle_timeout=None, deadline=self._deadline)
-        events = client._iter_events(path, lambda: client.mint_run_ticket(self._project_id, self._run_id), settings)
-        last_refresh = time.monotonic()
-        try:
-            for _event in events:
-                if time.monotonic() - last_refresh >= WAIT_REFRESH_EVERY:
-                    last_refresh = time.monotonic()
-                    run = self._refresh()
-                    if run.is_terminal:
-                        return run
-                if self._deadline_passed():
-                    return None
-        except StreamTimeoutError:
-            return None
-        except (StreamError, AuthenticationError, PermissionDeniedError, NotFoundError) as exc:
-            logger.info("run wait: no event stream (%s); polling instead", exc)
-            return None
-        finally:
-            events.close()
-        run = self._refresh()
-        return run if run.is_terminal else None
-
-    def _poll(self) -> Optional[PlaybookRun]:
-        delay = WAIT_POLL_FIRST
-        while True:
-            if self._deadline is not None:
-                delay = min(delay, self._deadline - time.monotonic())
-                if delay <= 0:
-                    return None
-            self._client._sleep(delay)
-            run = self._refresh()
-            if run.is_terminal:
-                return run
-            delay = min(delay * 2, WAIT_POLL_CAP)
+def _command_parser(argparse: Any) -> Any:
+    parser = argparse.ArgumentParser(
+        prog="rakerone",
+        description=f"Query RakerOne runs and follow their events. The API key is read from {API_KEY_ENV}.",
+        epilog="exit codes: 0 ok, 1 run finished unsuccessfully, 2 usage, 3 configuration or "
+               "authentication, 4 not found, 5 other API error, 6 connection or network timeout, "
+               "70 internal error, 74 output could not be written, 124 run wait deadline passed, "
+               "130 interrupted",
+    )
+    parser.add_argument("--version", action="version", version=f"rakerone {__version__}")
+    parser.add_argument("--base-url", help=f"API root (default ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})")
+    parser.add_argument("--timeout", dest="request_timeout", type=float, default=DEFAULT_TIMEOUT,
+                        metavar="S", help="seconds each HTTP attempt may take (default %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens on stderr (redacted)")
+    nouns = parser.add_subparsers(dest="noun", required=True, metavar="{run,brief,api}")
+    for noun, noun_help, id_name, commands in (
+        ("run", "playbook runs", "run_id", (
+            ("get", _cmd_run_get, "print the run as JSON, exactly as the server sent it"),
+            ("ticket", _cmd_run_ticket, "mint a WebSocket ticket and print it as JSON"),
+            ("events", _cmd_run_events, "print one JSON line per event as it arrives"),
+            ("wait", _cmd_run_wait, "wait until the run finishes; print it; exit 0 if it succeeded, 1 if not"),
+        )),
+        ("brief", "briefs", "brief_id", (
+            ("ticket", _cmd_brief_ticket, "mint a WebSocket ticket and print it as JSON"),
+            ("events", _cmd_brief_events, "print one JSON line per shaping-log entry as it arrives"),
+        )),
+    ):
+        verbs = nouns.add_parser(noun, help=noun_help).add_subparsers(dest="verb", required=True)
+        for verb, handler, help_text in commands:
+            command = verbs.add_parser(verb, help=help_text, description=help_text)
+            command.add_argument("project_id", metavar="PROJECT")
+            command.add_argument(id_name, metavar=noun.upper())
+            command.set_defaults(handler=handler)
+            if handler is _cmd_run_wait:
+                command.add_argument("--timeout", dest="deadline", type=float, metavar="S",
+                                     help="give up after S seconds: exit 124 (6 if the API was never reached)")
+    api_help = "call any API path with this client's key, retries and errors; print the JSON answer"
+    api = nouns.add_parser("api", help=api_help, description=api_help + " (GET, or POST with -f/--input)")
+    api.add_argument("path", metavar="PATH", help="relative to the base URL, e.g. /projects/p1/briefs")
+    api.add_argument("-X", "--method", help="HTTP method (default GET, or POST when fields or input are given)")
+    api.add_argument("-f", "--field", action="append", default=[], metavar="KEY=VALUE",
+                     help="a string field: the JSON body's, or the query's for GET")
+    api.add_argument("--input", metavar="FILE", help="send this JSON file as the body ('-' for stdin)")
+    api.set_defaults(handler=_cmd_api)
+    return parser
 
 
 if __name__ == "__main__":
