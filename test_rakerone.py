@@ -1380,6 +1380,237 @@ def test_cli_ctrl_c_during_run_events_closes_with_1000_and_exits_130(fake, cli_e
     assert fake.wait_for(lambda: fake.client_close_codes == [1000])
 
 
+class MisbehavingAPI:
+    """A RakerOne API on 127.0.0.1 that misbehaves on purpose, one mode at a time.
+
+    ``silent``: accepts connections and never answers. ``hang_upgrade``: answers the
+    run (running) and the ticket, then never answers the WebSocket upgrade.
+    ``trickle_frame``: accepts the upgrade, then sends one frame a byte every 0.5 s.
+    HTTP is parsed with h11 and the WebSocket with wsproto.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.05)
+        self._stopping = threading.Event()
+        self._threads: list = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/api"
+
+    def __enter__(self) -> MisbehavingAPI:
+        self._spawn(self._accept_loop)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopping.set()
+        for thread in list(self._threads):
+            thread.join()
+        self._listener.close()
+
+    def _spawn(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, name=f"misbehaving-api-{self.mode}")
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            conn.settimeout(0.05)
+            self._spawn(self._serve, conn)
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            while not self._stopping.is_set() and self.mode != "silent":
+                http = h11.Connection(h11.SERVER)
+                request = self._next_event(conn, http)
+                if not isinstance(request, h11.Request):
+                    return
+                if request.target.endswith(b"/ws-ticket"):
+                    self._answer(conn, http, {"ticket": "t-misbehaving"})
+                elif b"/ws" in request.target:
+                    return self._websocket(conn, request)
+                else:
+                    self._answer(conn, http, {"run": {"id": RUN, "status": "running"}})
+                    return
+            self._stopping.wait()
+
+    def _answer(self, conn: socket.socket, http: h11.Connection, body: dict) -> None:
+        data = json.dumps(body).encode()
+        conn.sendall(http.send(h11.Response(status_code=200, headers=[
+            ("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+            ("Connection", "close")])) + http.send(h11.Data(data=data)) + http.send(h11.EndOfMessage()))
+
+    def _websocket(self, conn: socket.socket, request: h11.Request) -> None:
+        if self.mode == "hang_upgrade":
+            self._stopping.wait()
+            return
+        ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        ws.initiate_upgrade_connection(request.headers, request.target)
+        conn.sendall(ws.send(wsproto.events.AcceptConnection()))
+        frame = ws.send(wsproto.events.TextMessage(data=json.dumps({"type": "tick", "id": "e1", "pad": "x" * 80})))
+        for byte in frame:
+            if self._stopping.wait(0.5):
+                return
+            try:
+                conn.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    def _next_event(self, conn: socket.socket, http: h11.Connection) -> object:
+        while not self._stopping.is_set():
+            event = http.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = conn.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return None
+            http.receive_data(data)
+        return None
+
+
+@pytest.mark.parametrize("mode, exit_code", [("silent", 6), ("hang_upgrade", 124), ("trickle_frame", 124)])
+def test_cli_run_wait_timeout_is_a_hard_deadline(no_leaks, mode, exit_code):
+    with MisbehavingAPI(mode) as api:
+        env = dict(os.environ, RAKERONE_API_KEY=API_KEY, RAKERONE_BASE_URL=api.base_url)
+        started = time.monotonic()
+
+        result = run_cli(env, "run", "wait", PROJECT, RUN, "--timeout", "5", timeout=30)
+
+        elapsed = time.monotonic() - started
+    assert result.returncode == exit_code, result.stderr
+    assert elapsed < 5 + 1 + 1.5  # the deadline, its one second of slack, and starting Python
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_wait_for_run_rides_out_an_outage_of_503s_then_refusals(no_leaks):
+    fake = rakerone_fake.FakeRakerOne().start()
+    port = int(fake.base_url.split(":")[2].split("/")[0])
+    fake.add_run(PROJECT, {"id": RUN, "status": "running"})
+    fake.reject_next_connections(1000, status=503)
+    fake.fail_next_requests(1000, 503)
+    outcome: dict = {}
+
+    def wait() -> None:
+        with rakerone.Client(fake.api_key, base_url=fake.base_url, timeout=1) as client:
+            try:
+                outcome["run"] = client.wait_for_run(PROJECT, RUN, timeout=40)
+            except rakerone.RakerOneError as exc:
+                outcome["error"] = exc
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(4)  # 503s for a while...
+    fake.stop()
+    time.sleep(6)  # ...then nothing listens at all...
+    fake = rakerone_fake.FakeRakerOne(port=port).start()  # ...then the API is back, the run finished
+    fake.add_run(PROJECT, {"id": RUN, "status": "completed"})
+    waiter.join(timeout=40)
+    fake.stop()
+
+    assert not waiter.is_alive()
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["run"].status == "completed"
+
+
+def test_wait_for_run_gives_up_at_its_deadline_with_the_last_run_seen(fake):
+    with rakerone.Client(fake.api_key, base_url=fake.base_url) as client:
+        started = time.monotonic()
+        with pytest.raises(rakerone.WaitTimeoutError, match="still running after 1 s") as raised:
+            client.wait_for_run(PROJECT, RUN, timeout=1)
+
+    assert time.monotonic() - started < 2
+    assert raised.value.run.status == "running" and raised.value.run.id == RUN
+
+
+def test_wait_for_run_stops_at_once_for_an_unknown_run(fake):
+    with rakerone.Client(fake.api_key, base_url=fake.base_url) as client:
+        with pytest.raises(rakerone.NotFoundError):
+            client.wait_for_run(PROJECT, "no-such-run", timeout=30)
+
+
+def test_wait_for_run_returns_a_run_that_finishes_while_followed(fake):
+    emit(fake, 1)
+
+    def finish() -> None:
+        time.sleep(0.5)
+        fake.update_run(PROJECT, RUN, status="failed")
+        fake.finish_run_stream(PROJECT, RUN)
+
+    finisher = threading.Thread(target=finish)
+    finisher.start()
+    with rakerone.Client(fake.api_key, base_url=fake.base_url) as client:
+        run = client.wait_for_run(PROJECT, RUN, timeout=20)
+    finisher.join()
+
+    assert run.status == "failed" and not run.succeeded
+
+
+# .. Exit codes that never lie .........................................................
+
+
+def run_shell(env, shell_command: str, timeout=20):
+    command = " ".join(shlex.quote(part) for part in rakerone_command())
+    return subprocess.run(["bash", "-c", shell_command.format(rakerone=command)], env=env,
+                          capture_output=True, timeout=timeout)
+
+
+def test_cli_json_output_is_utf8_json_in_an_ascii_locale(fake, cli_env):
+    fake.update_run(PROJECT, RUN, status="completed", triggeredBy="Zoë ✓ 完了")
+    env = dict(cli_env, PYTHONIOENCODING="ascii", LC_ALL="C", LANG="C")
+
+    result = run_shell(env, "{rakerone} run wait %s %s" % (PROJECT, RUN))
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.decode("utf-8"))["triggeredBy"] == "Zoë ✓ 完了"
+
+
+@pytest.mark.parametrize("redirect", [">/dev/full", ">&-"], ids=["full disk", "closed stdout"])
+@pytest.mark.parametrize("command", ["run get", "run events", "run ticket"])
+def test_cli_output_that_cannot_be_written_exits_74(fake, cli_env, command, redirect):
+    if redirect == ">/dev/full" and not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    emit(fake, 1)
+    fake.finish_run_stream(PROJECT, RUN)
+
+    result = run_shell(cli_env, "{rakerone} %s %s %s %s" % (command, PROJECT, RUN, redirect))
+
+    assert result.returncode == 74, result.stderr
+    assert b"could not write the output" in result.stderr and b"Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("redirect", [">&-", "| true"], ids=["closed stdout", "reader gone"])
+def test_cli_run_wait_keeps_a_failed_runs_exit_code_when_stdout_is_gone(fake, cli_env, redirect):
+    fake.update_run(PROJECT, RUN, status="failed", padding="x" * 200_000)  # more than a pipe holds
+
+    result = run_shell(cli_env, "set -o pipefail; {rakerone} run wait %s %s %s" % (PROJECT, RUN, redirect))
+
+    assert result.returncode == 1, result.stderr
+
+
+def test_cli_an_unexpected_exception_exits_70_not_a_run_outcome(fake, cli_env):
+    program = ("import sys, rakerone\n"
+               "def broken(*args, **kwargs): raise KeyError('a bug')\n"
+               "rakerone.Client.wait_for_run = broken\n"
+               "sys.exit(rakerone.main(sys.argv[1:]))\n")
+
+    result = subprocess.run([sys.executable, "-c", program, "run", "wait", PROJECT, RUN], env=cli_env,
+                            capture_output=True, text=True, timeout=20)
+
+    assert result.returncode == 70
+    assert "internal error" in result.stderr and result.stderr.count("\n") == 1
+
+
 def test_the_demo_runs_to_the_end_offline(no_leaks):
     env = {name: value for name, value in os.environ.items()
            if "proxy" not in name.lower() and not name.startswith("RAKERONE_")}
