@@ -1,31 +1,32 @@
 """A fake RakerOne API server, embedded in tests or run from the command line.
 
-One port serves the REST endpoints and the run and brief WebSockets, on werkzeug's
-threaded development server and simple-websocket (threads, no asyncio). Tests script
-runs, stream messages and faults, then check what the fake saw::
+One port on 127.0.0.1 serves the REST endpoints and the run and brief WebSockets, on
+werkzeug's threaded development server and simple-websocket (threads, no asyncio).
+Installing rakerone gives pytest a ``rakerone_fake`` fixture (see rakerone_pytest.py):
+tests script runs, stream messages, canned routes and faults, then check what the
+fake saw::
 
-    @pytest.fixture
-    def fake():
-        with FakeRakerOne() as server:      # an ephemeral port on 127.0.0.1
-            yield server
+    def test_my_watcher_sees_the_history(rakerone_fake):
+        rakerone_fake.add_run("proj_1", {"id": "run_1", "status": "running"})
+        rakerone_fake.emit_run_event("proj_1", "run_1", {"type": "log", "id": "e1"})
+        rakerone_fake.finish_run_stream("proj_1", "run_1")  # close 1000 after the history
 
-    def test_watch_replays_history(fake):
-        fake.add_run("proj_1", {"id": "run_1", "status": "running"})
-        fake.emit_run_event("proj_1", "run_1", {"type": "log", "line": "hi"})
-        fake.finish_run_stream("proj_1", "run_1")
-        ...  # point the client at fake.base_url with fake.api_key
+        with rakerone.Client() as client:  # the fixture pointed the environment at the fake
+            assert [e.id for e in client.iter_run_events("proj_1", "run_1")] == ["e1"]
+        assert rakerone_fake.requests[0].headers["Authorization"] == "Bearer ***"
 
-``python -m rakerone_fake`` serves a sample run until Ctrl-C. Install with
-``pip install 'rakerone[fake]'``.
+Outside pytest, ``with FakeRakerOne() as fake:`` starts and stops one. It binds
+loopback only unless told ``allow_remote=True``. ``python -m rakerone_fake`` serves a
+sample run until Ctrl-C. Install with the ``fake`` extra (werkzeug, simple-websocket).
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import dataclasses
 import datetime
+import ipaddress
 import json
 import logging
 import queue
@@ -36,6 +37,7 @@ import socket
 import sys
 import threading
 import time
+import types
 import typing
 import urllib.parse
 import weakref
@@ -47,7 +49,7 @@ from werkzeug.routing import Map, Rule, WebsocketMismatch
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-__all__ = ["FakeRakerOne", "main", "SAMPLE_PROJECT_ID", "SAMPLE_RUN", "SAMPLE_BRIEF_ID"]
+__all__ = ["FakeRakerOne", "RecordedRequest", "main", "SAMPLE_PROJECT_ID", "SAMPLE_RUN", "SAMPLE_BRIEF_ID"]
 
 # -- Constants -------------------------------------------------------------------------
 
@@ -96,6 +98,7 @@ _SIGNAL_POLL_SECONDS = 0.5  # how soon the command line notices a Ctrl-C
 _NO_STATUS_RECEIVED = 1005  # simple-websocket's close_reason until a client's close frame
 _STREAM_SEGMENTS = {"run": "playbook-runs", "brief": "briefs"}
 _ENDED = object()  # put in a connection's outbox to wake its sender once the socket is gone
+_LOOPBACK_NAMES = ("localhost", "localhost.")
 
 _PROJECT = "/api/projects/<project_id>"
 #: Endpoints name FakeRakerOne methods; ``defaults`` tell them which kind of stream.
@@ -136,6 +139,50 @@ _ROUTES = Map(
 # -- Records and responses -------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class RecordedRequest:
+    """One HTTP request the fake received (WebSocket upgrades included), as sent.
+
+    ``path`` is decoded, as werkzeug gives it (``/api/projects/...``); ``query`` is the
+    query string's ``(name, value)`` pairs in order; ``headers`` maps Title-Case names
+    to values, read-only, with the ``Authorization`` value redacted to its scheme
+    (``"Bearer ***"``); ``body`` is the raw body and ``json`` the body decoded as JSON,
+    or None when there is no body or it is not JSON.
+    """
+
+    method: str
+    path: str
+    query: tuple
+    headers: typing.Mapping[str, str]
+    body: bytes
+    json: object
+
+    @classmethod
+    def from_request(cls, request: Request) -> RecordedRequest:
+        """Record a werkzeug request; its body is read (and cached for the endpoint)."""
+        query = urllib.parse.parse_qsl(request.query_string.decode("utf-8", "replace"),
+                                       keep_blank_values=True)
+        headers = {name: _redact_credentials(name, value) for name, value in request.headers.items()}
+        body = request.get_data(cache=True)
+        return cls(request.method, request.path, tuple(query),
+                   types.MappingProxyType(headers), body, _json_or_none(body))
+
+
+def _redact_credentials(name: str, value: str) -> str:
+    """Keep an Authorization header's scheme only: the key is never stored in clear."""
+    if name.lower() != "authorization":
+        return value
+    scheme, _, credentials = value.partition(" ")
+    return f"{scheme} ***" if credentials else "***"
+
+
+def _json_or_none(body: bytes) -> object:
+    try:
+        return json.loads(body) if body else None
+    except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError is a ValueError)
+        return None
+
+
 class _StreamKey(typing.NamedTuple):
     """Which stream: a run's events or a brief's shaping log."""
 
@@ -149,6 +196,53 @@ class _StreamKey(typing.NamedTuple):
         project = urllib.parse.quote(self.project_id, safe="")
         stream = urllib.parse.quote(self.stream_id, safe="")
         return f"/projects/{project}/{_STREAM_SEGMENTS[self.kind]}/{stream}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    """Which streams a fault is aimed at: a project's, one run's or brief's, or all."""
+
+    project_id: str | None = None
+    kind: str | None = None  # "run" or "brief", with stream_id
+    stream_id: str | None = None
+
+    @classmethod
+    def of(cls, project_id: str | None, run_id: str | None, brief_id: str | None) -> _Target:
+        """Build a target from a fault method's keywords; none of them: every stream."""
+        if run_id is not None and brief_id is not None:
+            raise ValueError("aim a fault at a run_id or a brief_id, not both")
+        if run_id is not None:
+            return cls(project_id, "run", run_id)
+        if brief_id is not None:
+            return cls(project_id, "brief", brief_id)
+        return cls(project_id)
+
+    def matches(self, key: _StreamKey) -> bool:
+        return ((self.project_id is None or self.project_id == key.project_id)
+                and (self.kind is None or (self.kind, self.stream_id) == (key.kind, key.stream_id)))
+
+    def __str__(self) -> str:
+        if self.kind is None:
+            return "every stream" if self.project_id is None else f"project {self.project_id}"
+        project = "" if self.project_id is None else f"{self.project_id}/"
+        return f"{self.kind} {project}{self.stream_id}"
+
+
+_EVERY_STREAM = _Target()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Route:
+    """A canned answer for one method and path, added by ``add_route``."""
+
+    status: int
+    json: object
+    headers: dict
+
+    def response(self) -> Response:
+        body = "" if self.json is None else json.dumps(self.json)
+        mimetype = None if self.json is None else "application/json"
+        return Response(body, self.status, self.headers, mimetype=mimetype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +297,15 @@ class _Rejection:
 
     status: int | None
     close_code: int | None
+    target: _Target
+
+
+@dataclasses.dataclass(frozen=True)
+class _DropPlan:
+    """Cut one WebSocket of the target's streams after this many data frames."""
+
+    frames: int
+    target: _Target
 
 
 def _json_response(status: int, body: object, headers: dict | None = None) -> Response:
@@ -218,6 +321,24 @@ def _error_code(status: int) -> str:
     """Name a status as an error code: 503 -> "service_unavailable"."""
     phrase = HTTP_STATUS_CODES.get(status, "error")
     return re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether a bind address reaches this machine only: localhost or a loopback literal."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name, or "" (every interface)
+        return False
+
+
+def _take_first(items: list, is_wanted: typing.Callable[[typing.Any], bool]) -> typing.Any:
+    """Remove and return the first wanted item of a list, or None."""
+    for index, item in enumerate(items):
+        if is_wanted(item):
+            return items.pop(index)
+    return None
 
 
 def _iso_utc(timestamp: float) -> str:
@@ -335,17 +456,26 @@ class _QuietRequestHandler(WSGIRequestHandler):
 class FakeRakerOne:
     """A RakerOne API on one local port: runs, tickets, run and brief WebSockets.
 
-    Scripting methods add runs and briefs and emit stream messages; fault methods make
-    the next requests or connections fail in chosen ways; read-only properties tell
-    what the fake saw. Every method is safe to call from any thread. ``with`` starts
-    and stops it; ``stop()`` closes every socket and joins every thread it started.
+    Scripting methods add runs, briefs and canned routes and emit stream messages (they
+    return None; ``update_run`` returns the merged run). Fault methods make the next
+    requests or connections fail in chosen ways, on every stream or on the one named by
+    ``project_id=`` / ``run_id=`` / ``brief_id=``. Read-only properties tell what the
+    fake saw. Every method is safe to call from any thread. ``with`` starts and stops
+    it; ``stop()`` closes every socket and joins every thread it started.
+
+    It listens on loopback only: any other ``host`` ("" and "0.0.0.0" included) would
+    serve the key to the network and needs ``allow_remote=True``.
     """
 
     def __init__(self, api_key: str = "test-key", host: str = "127.0.0.1", port: int = 0,
                  *, ticket_ttl: float = 300.0, single_use_tickets: bool = False,
-                 include_ws_url: bool = True, ssl_context: object = None) -> None:
+                 include_ws_url: bool = True, ssl_context: object = None,
+                 allow_remote: bool = False) -> None:
         self.api_key = api_key
         self.host = host
+        #: Whether a ``host`` that is not loopback may be bound.
+        self.allow_remote = allow_remote
+        self._check_host()
         #: werkzeug's ssl_context (an ssl.SSLContext or a (cert, key) pair): serve https/wss.
         self.ssl_context = ssl_context
         #: The port to bind; after start(), the bound one (0 picks a free port).
@@ -366,13 +496,14 @@ class FakeRakerOne:
         self._tickets: dict = {}
         self._open: set = set()
         self._faults: list = []
-        self._rejections: collections.deque = collections.deque()
-        self._drop_plans: collections.deque = collections.deque()
-        self._silent = False
+        self._routes: dict = {}  # (method, path under /api) -> _Route
+        self._rejections: list = []
+        self._drop_plans: list = []
+        self._silenced: tuple = ()  # the _Target of each stop_answering_pings()
         self._tickets_minted = 0
         self._connections = 0
         self._client_close_codes: list = []
-        self._requests_seen: list = []
+        self._requests: list = []
 
     def __repr__(self) -> str:
         state = "running" if self._server is not None else "stopped"
@@ -401,6 +532,7 @@ class FakeRakerOne:
         """Bind (port 0 picks a free port) and serve from a daemon thread; return self."""
         if self._server is not None:
             raise RuntimeError("the fake is already running")
+        self._check_host()
         try:
             server = make_server(self.host, self.port, self._wsgi_app, threaded=True,
                                  ssl_context=self.ssl_context,
@@ -438,17 +570,24 @@ class FakeRakerOne:
             request_thread.join()
         logger.debug("stopped %s", self.base_url)
 
+    def _check_host(self) -> None:
+        if not (self.allow_remote or _is_loopback(self.host)):
+            where = "every interface" if self.host in ("", "0.0.0.0", "::") else repr(self.host)
+            raise ValueError(
+                f"FakeRakerOne would listen on {where}, serving its API key to anyone who can "
+                "reach this machine; use host='127.0.0.1' (the default), or pass "
+                "allow_remote=True if you mean it")
+
     # -- Scripting ---------------------------------------------------------------------
 
-    def add_run(self, project_id: str, run: dict) -> dict:
-        """Store a run (it needs an ``"id"``) with an empty event stream; return a copy."""
+    def add_run(self, project_id: str, run: dict) -> None:
+        """Store a copy of a run (it needs an ``"id"``), with an empty event stream."""
         if "id" not in run:
             raise ValueError("a run needs an 'id'")
         stored = dict(run)
         with self._lock:
             self._runs[(project_id, stored["id"])] = stored
             self._streams.setdefault(_StreamKey("run", project_id, stored["id"]), _Stream())
-            return dict(stored)
 
     def update_run(self, project_id: str, run_id: str, **fields: object) -> dict:
         """Merge fields into a stored run (e.g. ``status="completed"``); return a copy."""
@@ -468,9 +607,12 @@ class FakeRakerOne:
         """Append a message to a run's history and send it to its live sockets."""
         self._emit(_StreamKey("run", project_id, run_id), message)
 
-    def emit_brief_entry(self, project_id: str, brief_id: str, message: dict) -> None:
+    def emit_brief_event(self, project_id: str, brief_id: str, message: dict) -> None:
         """Append a message to a brief's history and send it to its live sockets."""
         self._emit(_StreamKey("brief", project_id, brief_id), message)
+
+    #: The first name of emit_brief_event, which README documented.
+    emit_brief_entry = emit_brief_event
 
     def finish_run_stream(self, project_id: str, run_id: str, code: int = 1000,
                           reason: str = "") -> None:
@@ -481,6 +623,19 @@ class FakeRakerOne:
                             reason: str = "") -> None:
         """Close a brief's live sockets with ``code``; later ones get history, then that."""
         self._finish(_StreamKey("brief", project_id, brief_id), _Close(code, reason))
+
+    def add_route(self, method: str, path: str, status: int = 200, *, json: object = None,
+                  headers: dict | None = None) -> None:
+        """Answer ``method`` on ``path`` with a canned response, to authorized requests.
+
+        ``path`` is relative to base_url (``"/projects/p1/playbook-runs"``), matched
+        exactly against the decoded path, the query ignored. Routes are checked before
+        the built-in endpoints, so one can replace a built-in answer; adding the same
+        method and path again replaces it. ``json`` is the body (None: empty).
+        """
+        route_path = "/" + path.lstrip("/")
+        with self._lock:
+            self._routes[(method.upper(), route_path)] = _Route(status, json, dict(headers or {}))
 
     def _emit(self, key: _StreamKey, message: dict) -> None:
         frame = json.dumps(message)
@@ -512,8 +667,10 @@ class FakeRakerOne:
         stream.subscribers.clear()
 
     # -- Fault injection ---------------------------------------------------------------
+    # Stream faults take project_id=, run_id= or brief_id= to aim at those streams only;
+    # without them they hit every stream, as they always did.
 
-    def fail_next_requests(self, count: int, status: int = 503, *, retry_after: object = None,
+    def fail_next_requests(self, count: int = 1, status: int = 503, *, retry_after: object = None,
                            html: bool = False, paths: str = "") -> None:
         """Answer ``status`` to the next ``count`` HTTP requests whose path contains ``paths``.
 
@@ -524,30 +681,36 @@ class FakeRakerOne:
             with self._lock:
                 self._faults.append(_Fault(status, retry_after, html, paths, count))
 
-    def drop_streams(self) -> None:
-        """Cut every open WebSocket at the TCP level, with no close frame (the client: 1006)."""
+    def drop_streams(self, *, project_id: str | None = None, run_id: str | None = None,
+                     brief_id: str | None = None) -> None:
+        """Cut open WebSockets at the TCP level, with no close frame (the client: 1006)."""
+        target = _Target.of(project_id, run_id, brief_id)
         with self._lock:
-            connections = list(self._open)
+            connections = [conn for conn in self._open if target.matches(conn.key)]
         for conn in connections:
             self._cut(conn)
 
-    def drop_after_frames(self, frames: int, connections: int = 1) -> None:
+    def drop_after_frames(self, frames: int, connections: int = 1, *, project_id: str | None = None,
+                          run_id: str | None = None, brief_id: str | None = None) -> None:
         """Cut the next ``connections`` WebSockets abruptly after ``frames`` data frames.
 
         History frames count; 0 cuts right after the upgrade.
         """
+        plan = _DropPlan(frames, _Target.of(project_id, run_id, brief_id))
         with self._lock:
-            self._drop_plans.extend([frames] * connections)
+            self._drop_plans.extend([plan] * connections)
 
-    def close_streams(self, code: int, reason: str = "") -> None:
-        """Send a close frame to every live socket; streams stay open to new ones."""
+    def close_streams(self, code: int, reason: str = "", *, project_id: str | None = None,
+                      run_id: str | None = None, brief_id: str | None = None) -> None:
+        """Send a close frame to live sockets; the streams stay open to new ones."""
         close = _Close(code, reason)
         with self._lock:
-            for stream in self._streams.values():
+            for stream in self._streams_aimed_at(_Target.of(project_id, run_id, brief_id)):
                 self._close_subscribers(stream, close)
 
-    def reject_next_connections(self, count: int = 1, *, status: int | None = None,
-                                close_code: int | None = None) -> None:
+    def reject_next_connections(self, count: int = 1, status: int | None = None, *,
+                                close_code: int | None = None, project_id: str | None = None,
+                                run_id: str | None = None, brief_id: str | None = None) -> None:
         """Turn away the next ``count`` WebSocket upgrades; give exactly one way.
 
         ``status``: answer that HTTP status (ErrorResponse JSON) instead of upgrading.
@@ -555,43 +718,70 @@ class FakeRakerOne:
         """
         if (status is None) == (close_code is None):
             raise ValueError("give exactly one of status or close_code")
+        rejection = _Rejection(status, close_code, _Target.of(project_id, run_id, brief_id))
         with self._lock:
-            self._rejections.extend([_Rejection(status, close_code)] * count)
+            self._rejections.extend([rejection] * count)
 
-    def send_raw_frame(self, data: str | bytes) -> None:
-        """Send a str (text frame) or bytes (binary frame) as-is to every live socket.
+    def send_raw_frame(self, data: str | bytes, *, project_id: str | None = None,
+                       run_id: str | None = None, brief_id: str | None = None) -> None:
+        """Send a str (text frame) or bytes (binary frame) as-is to live sockets.
 
         The frame is not added to any history, so a reconnecting client does not see it.
         """
         if not isinstance(data, (str, bytes)):
             raise TypeError(f"send a str or bytes, not {type(data).__name__}")
         with self._lock:
-            for stream in self._streams.values():
+            for stream in self._streams_aimed_at(_Target.of(project_id, run_id, brief_id)):
                 for conn in stream.subscribers:
                     conn.outbox.put(data)
 
-    def stop_answering_pings(self) -> None:
+    def stop_answering_pings(self, *, project_id: str | None = None, run_id: str | None = None,
+                             brief_id: str | None = None) -> None:
         """Play dead: open and new sockets send nothing, answer no ping, ignore clients.
 
         Upgrades still succeed. Frames meant for these sockets (close frames too) wait,
         as on a stalled network, until resume_answering_pings(); a client's close frame
         is lost. drop_streams() and stop() still cut at once.
         """
+        target = _Target.of(project_id, run_id, brief_id)
         with self._lock:
-            self._silent = True
+            self._silenced += (target,)
 
-    def resume_answering_pings(self) -> None:
-        """Come back to life: answer pings and send the frames that waited."""
+    def resume_answering_pings(self, *, project_id: str | None = None, run_id: str | None = None,
+                               brief_id: str | None = None) -> None:
+        """Come back to life: answer pings and send the frames that waited.
+
+        Without a target, every silence ends; with one, the silence aimed at that same
+        target (a ValueError if there is none).
+        """
+        target = _Target.of(project_id, run_id, brief_id)
         with self._lock:
-            self._silent = False
+            if target == _EVERY_STREAM:
+                self._silenced = ()
+            elif target in self._silenced:
+                self._silenced = tuple(each for each in self._silenced if each != target)
+            else:
+                silenced = ", ".join(map(str, self._silenced)) or "nothing"
+                raise ValueError(f"no stop_answering_pings() aimed at {target} (silenced: {silenced})")
             self._changed.notify_all()
 
-    def expire_tickets(self) -> None:
-        """Make every ticket minted so far expired (later upgrades get ticket_expired)."""
+    def expire_tickets(self, *, project_id: str | None = None, run_id: str | None = None,
+                       brief_id: str | None = None) -> None:
+        """Make the tickets minted so far expired (later upgrades get ticket_expired)."""
+        target = _Target.of(project_id, run_id, brief_id)
         now = time.time()
         with self._lock:
             for ticket in self._tickets.values():
-                ticket.expires_at = min(ticket.expires_at, now)
+                if target.matches(ticket.key):
+                    ticket.expires_at = min(ticket.expires_at, now)
+
+    def _streams_aimed_at(self, target: _Target) -> list:
+        """The streams a fault is aimed at (holding the lock)."""
+        return [stream for key, stream in self._streams.items() if target.matches(key)]
+
+    def _is_silenced(self, key: _StreamKey) -> bool:
+        # Read without the lock from reader threads: the tuple is replaced, never changed.
+        return any(target.matches(key) for target in self._silenced)
 
     # -- Observation -------------------------------------------------------------------
 
@@ -618,10 +808,16 @@ class FakeRakerOne:
             return list(self._client_close_codes)
 
     @property
+    def requests(self) -> list:
+        """Every HTTP request, upgrades included, in order: a list of RecordedRequest."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
     def requests_seen(self) -> list:
         """``(method, path)`` of every request, upgrades included, in order (a copy)."""
         with self._lock:
-            return list(self._requests_seen)
+            return [(record.method, record.path) for record in self._requests]
 
     def wait_for(self, predicate: typing.Callable[[], object], timeout: float = 5.0) -> bool:
         """Poll ``predicate()`` until it is true (return True) or ``timeout`` passes."""
@@ -637,16 +833,22 @@ class FakeRakerOne:
     def _wsgi_app(self, environ: dict, start_response: typing.Callable) -> typing.Iterable:
         """Answer one request; werkzeug calls this on a new thread per connection."""
         request = Request(environ)
+        record = RecordedRequest.from_request(request)
         with self._lock:
             self._request_threads.add(threading.current_thread())
-            self._requests_seen.append((request.method, request.path))
+            self._requests.append(record)
         return self._respond(request)(environ, start_response)
 
     def _respond(self, request: Request) -> Response:
+        """Answer a fault, else a canned route, else a built-in endpoint, else 404."""
         adapter = _ROUTES.bind_to_environ(request.environ)
         fault = None if adapter.websocket else self._take_fault(request.path)
         if fault is not None:
             return fault.response()
+        route = self._find_route(request)
+        if route is not None:
+            authorized = self._is_authorized(request)
+            return route.response() if authorized else _error_response(401, "unauthorized")
         try:
             endpoint, arguments = adapter.match()
         except WebsocketMismatch:
@@ -669,6 +871,12 @@ class FakeRakerOne:
                         self._faults.remove(fault)
                     return fault
         return None
+
+    def _find_route(self, request: Request) -> _Route | None:
+        if not request.path.startswith("/api/"):
+            return None
+        with self._lock:
+            return self._routes.get((request.method, request.path[len("/api"):]))
 
     def _is_authorized(self, request: Request) -> bool:
         auth = request.authorization
@@ -713,14 +921,14 @@ class FakeRakerOne:
         Once upgraded this never returns: it raises _WebSocketEnded for werkzeug.
         """
         key = _StreamKey(kind, project_id, stream_id)
-        rejection = self._take_rejection()
+        rejection = self._take_rejection(key)
         if rejection is not None and rejection.status is not None:
             return _error_response(rejection.status, _error_code(rejection.status))
         problem = self._ticket_problem(request.args.get("ticket", ""), key)
         if problem is not None:
             return _error_response(404 if problem == "not_found" else 401, problem)
         conn = _Connection(key, on_reader_exit=self._end_connection)
-        conn.accept(request.environ, is_silent=lambda: self._silent)
+        conn.accept(request.environ, is_silent=lambda: self._is_silenced(key))
         try:
             if self._register(conn, None if rejection is None else rejection.close_code):
                 self._pump(conn)
@@ -728,9 +936,9 @@ class FakeRakerOne:
             self._retire(conn)
         raise _WebSocketEnded()
 
-    def _take_rejection(self) -> _Rejection | None:
+    def _take_rejection(self, key: _StreamKey) -> _Rejection | None:
         with self._lock:
-            return self._rejections.popleft() if self._rejections else None
+            return _take_first(self._rejections, lambda rejection: rejection.target.matches(key))
 
     def _ticket_problem(self, value: str, key: _StreamKey) -> str | None:
         """Check and use a ticket; return the error code when it cannot open ``key``."""
@@ -755,8 +963,9 @@ class FakeRakerOne:
             if close_code is not None:
                 conn.outbox.put(_Close(close_code))
                 return True
-            if self._drop_plans:
-                conn.frames_left = self._drop_plans.popleft()
+            plan = _take_first(self._drop_plans, lambda plan: plan.target.matches(conn.key))
+            if plan is not None:
+                conn.frames_left = plan.frames
             stream = self._streams[conn.key]
             for frame in stream.history:
                 conn.outbox.put(frame)
@@ -781,9 +990,9 @@ class FakeRakerOne:
                 return
 
     def _wait_until_audible(self, conn: _Connection) -> bool:
-        """Block while the fake is silent; False once the connection has ended."""
+        """Block while the connection's stream is silenced; False once it has ended."""
         with self._changed:
-            self._changed.wait_for(lambda: conn.ended or not self._silent)
+            self._changed.wait_for(lambda: conn.ended or not self._is_silenced(conn.key))
             return not conn.ended
 
     def _end_connection(self, conn: _Connection) -> None:
@@ -817,7 +1026,11 @@ class FakeRakerOne:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the fake from the command line; return the exit status."""
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not (args.allow_remote or _is_loopback(args.host)):
+        parser.error(f"--host {args.host!r} is not loopback: it would serve the API key to the "
+                     "network; add --allow-remote if you mean it")
     return args.command(args)
 
 
@@ -827,7 +1040,10 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Serve a fake RakerOne API (HTTP and WebSockets on one port).",
     )
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default: %(default)s)")
+                        help="address to bind (default: %(default)s; loopback only"
+                             " unless --allow-remote)")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="allow a --host that other machines can reach")
     parser.add_argument("--port", type=int, default=0,
                         help="port to bind (default: 0, a free one)")
     parser.add_argument("--api-key", default="test-key",
@@ -844,7 +1060,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     """Serve the sample run and brief, print the variables to export, wait for Ctrl-C."""
-    fake = FakeRakerOne(args.api_key, args.host, args.port)
+    fake = FakeRakerOne(args.api_key, args.host, args.port, allow_remote=args.allow_remote)
     fake.add_run(SAMPLE_PROJECT_ID, SAMPLE_RUN)
     fake.finish_run_stream(SAMPLE_PROJECT_ID, SAMPLE_RUN["id"])  # the run has completed
     fake.add_brief(SAMPLE_PROJECT_ID, SAMPLE_BRIEF_ID)
@@ -880,7 +1096,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     import rakerone  # the demo drives the real client; the client never imports the fake
 
-    fake = FakeRakerOne(args.api_key, args.host, args.port)
+    fake = FakeRakerOne(args.api_key, args.host, args.port, allow_remote=args.allow_remote)
     for run_id in _DEMO_RUNS:
         steps = [{"stepId": step_id, "name": name, "status": "pending"} for step_id, name in _DEMO_STEPS]
         fake.add_run(_DEMO_PROJECT, {"id": run_id, "projectId": _DEMO_PROJECT, "status": "queued",
@@ -959,7 +1175,7 @@ def _play_run(fake: FakeRakerOne, run_id: str) -> None:
 def _play_brief(fake: FakeRakerOne) -> None:
     """A brief's shaping log grows a line at a time, then the brief is shaped."""
     for number, line in enumerate(_DEMO_BRIEF_LINES, 1):
-        fake.emit_brief_entry(_DEMO_PROJECT, _DEMO_BRIEF,
+        fake.emit_brief_event(_DEMO_PROJECT, _DEMO_BRIEF,
                               {"type": "shaping.log", "id": f"log_{number:03d}", "data": {"message": line}})
         time.sleep(_DEMO_TICK_SECONDS)
     fake.finish_brief_stream(_DEMO_PROJECT, _DEMO_BRIEF)

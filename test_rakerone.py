@@ -1747,3 +1747,264 @@ def test_hostile_input_raises_configuration_error_before_any_traffic(fake, strea
 
     assert isinstance(raised.value, ValueError)
     assert fake.requests_seen == []
+
+
+# -- The fake as a test tool -----------------------------------------------------------
+# What users get to test their own code: full request records, faults aimed at one
+# stream, canned routes, a loopback-only bind, and the pytest plugin (rakerone_pytest).
+
+
+def bearer(fake) -> dict:
+    return {"Authorization": f"Bearer {fake.api_key}"}
+
+
+def stream_upgrades(fake, segment: str) -> int:
+    """How many WebSocket upgrades the fake saw for run ("playbook-runs") or brief ("briefs") streams."""
+    return sum(1 for record in fake.requests if record.path.endswith("/ws") and f"/{segment}/" in record.path)
+
+
+def test_records_carry_method_path_query_redacted_headers_and_json_body(fake):
+    url = f"{fake.base_url}/projects/{PROJECT}/playbook-runs?limit=50&tag=a&tag=b"
+
+    requests.post(url, json={"playbookId": "pb_1"}, headers=dict(bearer(fake), **{"X-Trace": "t1"}), timeout=5)
+
+    record = fake.requests[-1]
+    assert (record.method, record.path) == ("POST", f"/api/projects/{PROJECT}/playbook-runs")
+    assert record.query == (("limit", "50"), ("tag", "a"), ("tag", "b"))
+    assert record.headers["Authorization"] == "Bearer ***"
+    assert record.headers["X-Trace"] == "t1"
+    assert record.headers["Content-Type"] == "application/json"
+    assert record.json == {"playbookId": "pb_1"}
+    assert fake.api_key not in repr(fake.requests)
+
+
+def test_records_keep_a_body_that_is_not_json_raw_and_its_json_none(fake):
+    requests.put(f"{fake.base_url}/anything", data=b"\xffnot json", headers=bearer(fake), timeout=5)
+    requests.delete(f"{fake.base_url}/anything", headers=bearer(fake), timeout=5)
+
+    not_json, empty = fake.requests
+    assert (not_json.body, not_json.json) == (b"\xffnot json", None)
+    assert (empty.body, empty.json, empty.query) == (b"", None, ())
+
+
+def test_records_are_frozen_and_requests_seen_still_lists_method_and_path(fake, stream_client):
+    stream_client.get_run(PROJECT, RUN)
+    fake.finish_run_stream(PROJECT, RUN)
+    list(stream_client.iter_run_events(PROJECT, RUN))
+
+    records = fake.requests
+    assert fake.requests_seen == [(record.method, record.path) for record in records]
+    assert [method for method, _ in fake.requests_seen] == ["GET", "POST", "GET"]  # run, ticket, upgrade
+    assert records[0].headers["User-Agent"].startswith("rakerone-python/")
+    with pytest.raises(AttributeError):
+        records[0].path = "/elsewhere"
+    with pytest.raises(TypeError):
+        records[0].headers["Authorization"] = fake.api_key
+
+
+AIMED_FAULTS = [
+    # (fault aimed at the run's stream, what the run's reader then gets: None = a reconnect)
+    ("drop_streams", lambda fake: fake.drop_streams(run_id=RUN), None),
+    ("close_streams", lambda fake: fake.close_streams(1011, project_id=PROJECT, run_id=RUN), None),
+    ("send_raw_frame", lambda fake: fake.send_raw_frame("not json", run_id=RUN), rakerone.StreamError),
+    ("stop_answering_pings", lambda fake: fake.stop_answering_pings(run_id=RUN), rakerone.StreamTimeoutError),
+]
+
+
+@pytest.mark.parametrize("fault, run_outcome", [row[1:] for row in AIMED_FAULTS], ids=[row[0] for row in AIMED_FAULTS])
+def test_a_fault_aimed_at_one_stream_leaves_another_stream_alone(fake, stream_client, fault, run_outcome):
+    fake.emit_run_event(PROJECT, RUN, run_event(1))
+    fake.emit_brief_event(PROJECT, BRIEF, {"type": "shaping.log", "id": "l1"})
+    run_events = stream_client.iter_run_events(PROJECT, RUN, idle_timeout=2)
+    brief_events = stream_client.iter_brief_events(PROJECT, BRIEF, idle_timeout=2)
+    try:
+        assert (next(run_events).id, next(brief_events).id) == ("e1", "l1")
+
+        fault(fake)
+        fake.emit_run_event(PROJECT, RUN, run_event(2))
+        fake.emit_brief_event(PROJECT, BRIEF, {"type": "shaping.log", "id": "l2"})
+
+        assert next(brief_events).id == "l2"
+        assert stream_upgrades(fake, "briefs") == 1
+        if run_outcome is None:
+            assert next(run_events).id == "e2"
+            assert stream_upgrades(fake, "playbook-runs") == 2
+        else:
+            with pytest.raises(run_outcome):
+                next(run_events)
+    finally:
+        run_events.close()
+        brief_events.close()
+
+
+def test_a_rejection_aimed_at_a_brief_lets_the_run_stream_connect(fake, stream_client):
+    fake.reject_next_connections(1, 404, brief_id=BRIEF)
+    emit(fake, 1)
+
+    run_events = stream_client.iter_run_events(PROJECT, RUN)
+    try:
+        assert next(run_events).id == "e1"
+    finally:
+        run_events.close()
+    with pytest.raises(rakerone.NotFoundError):
+        next(stream_client.iter_brief_events(PROJECT, BRIEF))
+
+
+def test_resuming_pings_for_a_target_never_silenced_is_an_error(fake):
+    fake.stop_answering_pings(run_id=RUN)
+
+    with pytest.raises(ValueError, match=f"silenced: run {RUN}"):
+        fake.resume_answering_pings(brief_id=BRIEF)
+    fake.resume_answering_pings(run_id=RUN)
+
+
+def test_scripting_methods_return_none_and_update_run_returns_the_merged_run(fake):
+    added = [fake.add_run(PROJECT, {"id": "run_2"}), fake.add_brief(PROJECT, "brief_2"),
+             fake.emit_brief_event(PROJECT, "brief_2", {"id": "l1"}),
+             fake.add_route("GET", "/projects", json=[])]
+
+    assert added == [None, None, None, None]
+    assert fake.update_run(PROJECT, "run_2", status="queued") == {"id": "run_2", "status": "queued"}
+
+
+def test_fail_next_requests_fails_one_request_by_default(fake, stream_client):
+    fake.fail_next_requests(status=404)
+
+    with pytest.raises(rakerone.NotFoundError):
+        stream_client.get_run(PROJECT, RUN)
+    assert stream_client.get_run(PROJECT, RUN).id == RUN
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE"])
+def test_a_canned_route_answers_its_method_and_path_with_its_status_body_and_headers(fake, method):
+    fake.add_route(method, f"/projects/{PROJECT}/playbook-runs", status=201,
+                   json={"run": {"id": "run_new"}}, headers={"Location": "/api/runs/run_new"})
+
+    response = requests.request(method, f"{fake.base_url}/projects/{PROJECT}/playbook-runs?x=1",
+                                headers=bearer(fake), timeout=5)
+
+    assert response.status_code == 201
+    assert response.json() == {"run": {"id": "run_new"}}
+    assert response.headers["Location"] == "/api/runs/run_new"
+
+
+def test_a_canned_route_still_requires_the_key_and_only_answers_its_method(fake):
+    fake.add_route("POST", f"projects/{PROJECT}/playbook-runs", status=201, json={"ok": True})
+    url = f"{fake.base_url}/projects/{PROJECT}/playbook-runs"
+
+    without_key = requests.post(url, timeout=5)
+    other_method = requests.get(url, headers=bearer(fake), timeout=5)
+
+    assert (without_key.status_code, without_key.json()) == (401, {"error": "unauthorized"})
+    assert (other_method.status_code, other_method.json()) == (404, {"error": "not_found"})
+
+
+def test_an_unknown_path_is_a_404_error_response_and_is_recorded(fake):
+    response = requests.get(f"{fake.base_url}/projects/{PROJECT}/nothing-here", headers=bearer(fake), timeout=5)
+
+    assert (response.status_code, response.json()) == (404, {"error": "not_found"})
+    assert fake.requests_seen == [("GET", f"/api/projects/{PROJECT}/nothing-here")]
+
+
+def test_a_canned_route_is_checked_before_the_built_in_endpoints(fake, stream_client):
+    fake.add_route("GET", f"/projects/{PROJECT}/playbook-runs/{RUN}", json={"not": "a run"})
+
+    with pytest.raises(rakerone.UnexpectedResponseError):
+        stream_client.get_run(PROJECT, RUN)
+
+
+@pytest.mark.parametrize("host", ["", "0.0.0.0", "::", "192.0.2.1", "rakerone.invalid"])
+def test_the_fake_refuses_a_host_that_is_not_loopback_without_allow_remote(host):
+    with pytest.raises(ValueError, match="allow_remote=True"):
+        rakerone_fake.FakeRakerOne(host=host)
+
+
+def test_the_fake_takes_loopback_hosts_and_an_explicit_allow_remote():
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost", "localhost.", "LOCALHOST"):
+        rakerone_fake.FakeRakerOne(host=host)
+    fake = rakerone_fake.FakeRakerOne(host="", allow_remote=True)  # never started here
+
+    fake.allow_remote = False
+    with pytest.raises(ValueError, match="every interface"):
+        fake.start()
+
+
+def test_the_fake_command_line_refuses_a_remote_host_without_allow_remote(capsys):
+    with pytest.raises(SystemExit) as exited:
+        rakerone_fake.main(["--host", "192.0.2.1", "serve"])  # TEST-NET-1: never bound, never reached
+
+    assert exited.value.code == 2
+    assert "--allow-remote" in capsys.readouterr().err
+
+
+# A user's own settings, which the fixtures override during a test and restore after;
+# were they not overridden, nothing would leave the machine (.invalid never resolves).
+USERS_OWN_SETTINGS = {"RAKERONE_BASE_URL": "https://rakerone.invalid/api", "RAKERONE_API_KEY": "users-own-key"}
+
+
+def run_pytest(tmp_path, test_source: str, *python_prefix: str) -> subprocess.CompletedProcess:
+    """Run pytest in a fresh process on one generated test file, as a user's project would."""
+    (tmp_path / "test_user_code.py").write_text(test_source)
+    command = [sys.executable, *python_prefix, "-p", "no:cacheprovider", "-q", "test_user_code.py"]
+    env = dict(os.environ, **USERS_OWN_SETTINGS)
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+
+
+def readme_fake_example() -> str:
+    """The Python example of README's section on testing with the fake, as written."""
+    with open(os.path.join(os.path.dirname(__file__), "README.md"), encoding="utf-8") as readme:
+        section = readme.read().split("## Test your own code with the fake", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+USER_TESTS_AFTER_THE_README_EXAMPLE = '''
+import os, socket, subprocess, sys, pytest
+
+seen = {}
+
+def test_the_rakerone_command_talks_to_the_fake_too(rakerone_fake):
+    rakerone_fake.add_run("proj_1", {"id": "run_3", "status": "failed"})
+    result = subprocess.run([sys.executable, "-m", "rakerone", "run", "get", "proj_1", "run_3"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and '"failed"' in result.stdout, result.stderr
+    seen["port"] = rakerone_fake.port
+
+def test_after_a_test_the_fake_is_stopped_and_the_environment_restored():
+    assert os.environ["RAKERONE_BASE_URL"] == "https://rakerone.invalid/api"
+    assert os.environ["RAKERONE_API_KEY"] == "users-own-key"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", seen["port"]), timeout=5)
+'''
+
+
+def test_the_installed_pytest_plugin_runs_readmes_example_and_points_the_environment_at_the_fake(tmp_path):
+    result = run_pytest(tmp_path, readme_fake_example() + USER_TESTS_AFTER_THE_README_EXAMPLE, "-m", "pytest")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 passed" in result.stdout
+
+
+def test_the_pytest_plugin_can_be_turned_off_by_its_name(tmp_path):
+    result = run_pytest(tmp_path, readme_fake_example(), "-m", "pytest", "-p", "no:rakerone")
+
+    assert result.returncode == 1
+    assert "fixture 'rakerone_fake' not found" in result.stdout
+
+
+USER_TESTS_WITHOUT_THE_FAKE_EXTRA = '''
+def test_pytest_starts_with_the_plugin_loaded(pytestconfig):
+    assert pytestconfig.pluginmanager.has_plugin("rakerone")
+
+def test_the_fixture_says_what_to_install(rakerone_fake):
+    pass
+'''
+# werkzeug and simple-websocket made unimportable, as when only the client is installed.
+WITHOUT_THE_FAKE_EXTRA = ("import sys; sys.modules.update(werkzeug=None, simple_websocket=None); "
+                          "import pytest; sys.exit(pytest.main(sys.argv[1:]))")
+
+
+def test_the_pytest_plugin_loads_without_the_fake_extra_and_its_fixture_says_what_to_install(tmp_path):
+    result = run_pytest(tmp_path, USER_TESTS_WITHOUT_THE_FAKE_EXTRA, "-c", WITHOUT_THE_FAKE_EXTRA)
+
+    assert "1 passed, 1 error" in result.stdout, result.stdout + result.stderr
+    assert "install rakerone with its 'fake' extra" in result.stdout
