@@ -919,18 +919,15 @@ class Client:
                 reconnects.after_refused_ticket(_TicketRefused(f"HTTP {refused.status_code} at the upgrade"))
                 continue
             reconnects.opened()
-            new_events = 0
+            reader = _ConnectionReader(ws, settings)
             try:
-                for event in _ConnectionReader(ws, settings).events():
-                    if event.id is None or seen.add(event.id):
-                        new_events += 1
-                        yield event
+                yield from reader.events(seen)
                 return
             except (_ConnectionLost, _TicketRefused) as exc:
                 ended: Exception = exc
             finally:
                 _close_socket(ws)
-            reconnects.closed(new_events)
+            reconnects.closed(reader.new_events)
             if isinstance(ended, _TicketRefused):
                 reconnects.after_refused_ticket(ended)
             else:
@@ -1177,6 +1174,27 @@ _SOCKET_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
 _PROXY_TYPES = ("http", "socks4", "socks4a", "socks5", "socks5h")
 
 
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def _decode_json(payload: bytes) -> Any:
+    """Decode a frame's UTF-8 JSON exactly as ``json.loads`` would, or raise StreamError.
+
+    ``raw_decode`` skips ``json.loads``'s two layers and two regular expressions
+    (~0.7 us of a 200 B event); anything it does not take whole (surrounding
+    whitespace, a byte-order mark, an error) goes to ``json.loads`` for its answer.
+    """
+    try:
+        text = payload.decode("utf-8")
+        try:
+            message, end = _raw_decode(text)
+        except ValueError:
+            end = -1
+        return message if end == len(text) else json.loads(text)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise StreamError(f"received a frame that is not UTF-8 JSON: {_excerpt(payload, 80)!r}") from None
+
+
 class _ConnectionReader:
     """Reads one connection's events, keeping it alive with pings and deadlines.
 
@@ -1190,35 +1208,37 @@ class _ConnectionReader:
         self._settings = settings
         self._last_frame_at = self._last_event_at = time.monotonic()
         self._ping_sent_at: Optional[float] = None
+        #: How many events this connection yielded (not seen before).
+        self.new_events = 0
         ws.max_message_bytes = settings.max_message_bytes
         ws.set_wake_time(self._next_wake())
 
-    def events(self) -> Iterator[Event]:
-        """Yield decoded events; return on close 1000, raise _ConnectionLost on a drop."""
+    def events(self, seen: _RecentIds) -> Iterator[Event]:
+        """Yield the events not ``seen`` before; return on close 1000, raise
+        _ConnectionLost on a drop. ``new_events`` counts what was yielded."""
         import websocket
 
         # The per-frame path: one JSON decode, no logging, names bound once.
-        recv_data, loads, monotonic = self._ws.recv_data, json.loads, time.monotonic
+        recv_data_frame, monotonic, add_id = self._ws.recv_data_frame, time.monotonic, seen.add
         from_message, now, utc = Event.from_message, datetime.datetime.now, datetime.timezone.utc
         while True:
             try:
-                opcode, payload = recv_data(True)
+                opcode, frame = recv_data_frame(True)
             except websocket.WebSocketTimeoutException:
                 self._on_silence()
                 continue
             except (OSError, websocket.WebSocketException) as exc:
                 raise _ConnectionLost(f"connection dropped ({type(exc).__name__}: {exc})", exc) from None
             if opcode == _OPCODE_TEXT or opcode == _OPCODE_BINARY:
-                try:
-                    message = loads(payload.decode("utf-8"))
-                except ValueError:  # UnicodeDecodeError and JSONDecodeError both
-                    raise StreamError(
-                        f"received a frame that is not UTF-8 JSON: {_excerpt(payload, 80)!r}") from None
+                message = _decode_json(frame.data)
                 self._last_frame_at = self._last_event_at = monotonic()
                 self._ping_sent_at = None
-                yield from_message(message, now(utc))
+                event = from_message(message, now(utc))
+                if event.id is None or add_id(event.id):
+                    self.new_events += 1
+                    yield event
             elif opcode == _OPCODE_CLOSE:
-                _on_close_frame(payload)
+                _on_close_frame(frame.data)
                 return
             else:  # ping or pong: the peer is alive
                 self._last_frame_at = now_monotonic = monotonic()
@@ -1316,8 +1336,8 @@ def _read_ahead_websocket_class() -> type:
             self.settimeout(max(instant - time.monotonic(), 0.001))
 
         def recv_frame(self) -> Any:
-            """The next frame: a whole unmasked text or binary frame already in the buffer
-            is cut out here; everything else goes the general way."""
+            """The next frame. A whole, final, unmasked text or binary frame already in
+            the buffer is cut out here; everything else goes the general way."""
             start, end = self._start, self._end
             if self._header is None and end - start >= 2:
                 buffer = self._buffer
@@ -1330,13 +1350,11 @@ def _read_ahead_websocket_class() -> type:
                 else:  # a 64-bit length, a mask, or a header not all here
                     return self._recv_any_frame()
                 payload_end = payload_start + length
-                opcode = first & 0x0F
-                if (payload_end <= end and (opcode == _OPCODE_TEXT or opcode == _OPCODE_BINARY)
-                        and length <= self.max_message_bytes):
+                # 0x81, 0x82: FIN, no reserved bits, text or binary.
+                if (first == 0x81 or first == 0x82) and payload_end <= end and length <= self.max_message_bytes:
                     self._start = payload_end
                     self._message_bytes = length
-                    frame = ABNF(first >> 7, first >> 6 & 1, first >> 5 & 1, first >> 4 & 1, opcode, 0,
-                                 buffer[payload_start:payload_end])
+                    frame = ABNF(1, 0, 0, 0, first & 0x0F, 0, buffer[payload_start:payload_end])
                     frame.validate(self._skip_utf8_validation)
                     return frame
             return self._recv_any_frame()
