@@ -1191,8 +1191,10 @@ def _decode_json(payload: bytes) -> Any:
         except ValueError:
             end = -1
         return message if end == len(text) else json.loads(text)
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError both
         raise StreamError(f"received a frame that is not UTF-8 JSON: {_excerpt(payload, 80)!r}") from None
+    except RecursionError:
+        raise StreamError(f"received JSON nested too deeply to decode: {_excerpt(payload, 80)!r}") from None
 
 
 class _ConnectionReader:

@@ -1523,6 +1523,16 @@ def test_a_frame_trickled_slower_than_the_ping_deadline_is_a_dead_connection(no_
     assert 0.5 <= elapsed < 2.0
 
 
+def test_json_nested_too_deeply_is_a_stream_error(no_leaks):
+    def send_deep(conn):
+        conn.accept()
+        conn.send(frame(OPCODE_TEXT, b"[" * 100_000 + b"]" * 100_000))
+
+    with RawPeer(send_deep) as peer, peer.client() as client:
+        with pytest.raises(rakerone.StreamError, match=r"nested too deeply to decode: '\[\[\["):
+            next(client.iter_run_events(PROJECT, RUN, max_outage=0))
+
+
 # -- Command line ----------------------------------------------------------------------
 # The `rakerone` command as a real subprocess against the fake.
 
