@@ -1233,6 +1233,7 @@ class _ConnectionReader:
                 raise _ConnectionLost(f"connection dropped ({type(exc).__name__}: {exc})", exc) from None
             if opcode == _OPCODE_TEXT or opcode == _OPCODE_BINARY:
                 message = _decode_json(frame.data)
+                frame = None  # free the payload before the loop body runs
                 self._last_frame_at = self._last_event_at = monotonic()
                 self._ping_sent_at = None
                 event = from_message(message, now(utc))
