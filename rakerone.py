@@ -1121,7 +1121,8 @@ class _Reconnects:
         elif lost.retry_after > left:
             why = f"the server asked to retry after {lost.retry_after:g} s, beyond max_outage"
         else:
-            backoff = _backoff(self._failures - 1, RECONNECT_BACKOFF_BASE, RECONNECT_BACKOFF_CAP)
+            # The exponent stops at 16: the cap is reached long before, and 2**1024 overflows.
+            backoff = _backoff(min(self._failures - 1, 16), RECONNECT_BACKOFF_BASE, RECONNECT_BACKOFF_CAP)
             return min(max(backoff, lost.retry_after), left)
         raise StreamDisconnectedError(
             f"stream {self._path} ended after {self._failures} failed attempt(s) in a row, "
@@ -1192,9 +1193,9 @@ def _decode_json(payload: bytes) -> Any:
             end = -1
         return message if end == len(text) else json.loads(text)
     except ValueError:  # UnicodeDecodeError and JSONDecodeError both
-        raise StreamError(f"received a frame that is not UTF-8 JSON: {_excerpt(payload, 80)!r}") from None
+        raise StreamError(f"received a frame that is not UTF-8 JSON: {_excerpt(bytes(payload), 80)!r}") from None
     except RecursionError:
-        raise StreamError(f"received JSON nested too deeply to decode: {_excerpt(payload, 80)!r}") from None
+        raise StreamError(f"received JSON nested too deeply to decode: {_excerpt(bytes(payload), 80)!r}") from None
 
 
 class _ConnectionReader:

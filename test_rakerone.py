@@ -1533,6 +1533,24 @@ def test_json_nested_too_deeply_is_a_stream_error(no_leaks):
             next(client.iter_run_events(PROJECT, RUN, max_outage=0))
 
 
+def test_an_outage_of_over_a_thousand_attempts_keeps_its_backoff_capped(fake, sleeps):
+    emit(fake, 1)
+    fake.finish_run_stream(PROJECT, RUN)
+    fake.stop()
+
+    def sleep_then_restart_after_1100_attempts(seconds):  # no real waiting
+        sleeps.append(seconds)
+        if len(sleeps) == 1100:
+            fake.start()
+
+    with rakerone.Client(fake.api_key, base_url=fake.base_url, timeout=5, max_retries=0) as client:
+        client._sleep = sleep_then_restart_after_1100_attempts
+        ids = [event.id for event in client.iter_run_events(PROJECT, RUN, max_outage=3600)]
+
+    assert ids == ["e1"]
+    assert len(sleeps) == 1100 and max(sleeps) <= rakerone.RECONNECT_BACKOFF_CAP
+
+
 # -- Command line ----------------------------------------------------------------------
 # The `rakerone` command as a real subprocess against the fake.
 
