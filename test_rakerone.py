@@ -903,12 +903,14 @@ def test_handshake_404_raises_not_found(fake, stream_client):
         next(stream_client.iter_run_events(PROJECT, RUN))
 
 
-def test_exhausted_reconnects_raise_stream_disconnected_error_with_the_last_cause(fake, stream_client, sleeps):
+def test_deprecated_max_reconnects_still_limits_failed_attempts_in_a_row(fake, stream_client, sleeps):
     stream_client._sleep = sleeps.append
     fake.drop_after_frames(0, connections=10)
 
+    with pytest.warns(DeprecationWarning, match="max_outage"):
+        events = stream_client.iter_run_events(PROJECT, RUN, max_reconnects=2)
     with pytest.raises(rakerone.StreamDisconnectedError, match="after 3 failed attempt") as raised:
-        next(stream_client.iter_run_events(PROJECT, RUN, max_reconnects=2))
+        next(events)
 
     assert "connection dropped" in str(raised.value)
     assert raised.value.__cause__ is not None
@@ -916,13 +918,14 @@ def test_exhausted_reconnects_raise_stream_disconnected_error_with_the_last_caus
     assert len(sleeps) == 2
 
 
-def test_reconnect_false_raises_on_the_first_drop(fake, stream_client):
+def test_deprecated_reconnect_false_is_max_outage_0(fake, stream_client):
     emit(fake, 1)
-    events = stream_client.iter_run_events(PROJECT, RUN, reconnect=False)
+    with pytest.warns(DeprecationWarning, match="max_outage=0"):
+        events = stream_client.iter_run_events(PROJECT, RUN, reconnect=False)
     next(events)
     fake.drop_streams()
 
-    with pytest.raises(rakerone.StreamError, match="reconnect=False"):
+    with pytest.raises(rakerone.StreamDisconnectedError, match="max_outage=0"):
         next(events)
 
 
@@ -959,7 +962,7 @@ def test_a_binary_frame_that_is_not_utf8_raises_stream_error(fake, stream_client
 
 def test_a_silent_peer_is_detected_within_ping_interval_plus_ping_timeout(fake, stream_client):
     emit(fake, 1)
-    events = stream_client.iter_run_events(PROJECT, RUN, reconnect=False, ping_interval=0.3, ping_timeout=0.3)
+    events = stream_client.iter_run_events(PROJECT, RUN, max_outage=0, ping_interval=0.3, ping_timeout=0.3)
     next(events)
     fake.stop_answering_pings()
     started = time.monotonic()
@@ -993,7 +996,7 @@ def test_a_quiet_but_alive_stream_is_kept_open_by_pings(no_leaks):
 
     with PingCountingPeer(pings_before_e2=5) as peer:
         with rakerone.Client("test-key", base_url=peer.base_url, timeout=5) as client:
-            events = client.iter_run_events(PROJECT, RUN, reconnect=False,
+            events = client.iter_run_events(PROJECT, RUN, max_outage=0,
                                             ping_interval=ping_interval, ping_timeout=ping_timeout)
             ids = [next(events).id, next(events).id]
             events.close()
@@ -1060,8 +1063,10 @@ def test_tickets_never_appear_in_logs_or_stream_errors(fake, stream_client, capl
     stream_client._sleep = lambda seconds: None
     fake.drop_after_frames(0, connections=10)
 
+    with pytest.warns(DeprecationWarning):
+        events = stream_client.iter_run_events(PROJECT, RUN, max_reconnects=1)
     with pytest.raises(rakerone.StreamError) as raised:
-        next(stream_client.iter_run_events(PROJECT, RUN, max_reconnects=1))
+        next(events)
 
     error_text = "".join(traceback.format_exception(type(raised.value), raised.value, raised.value.__traceback__))
     assert len(minted) == 2
@@ -1158,6 +1163,512 @@ def test_module_level_stream_shortcut_uses_the_environment(fake, monkeypatch):
     fake.finish_run_stream(PROJECT, RUN)
 
     assert [event.id for event in rakerone.iter_run_events(PROJECT, RUN)] == ["e1", "e2"]
+
+
+# .. Streams that outlast real networks ...............................................
+# Frames the fake cannot send come from RawPeer: a WebSocket server on 127.0.0.1 that
+# plays one script per connection; wsproto does its handshake and reads the client.
+
+OPCODE_CONT, OPCODE_TEXT, OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG = 0x0, 0x1, 0x8, 0x9, 0xA
+
+
+def frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = False) -> bytes:
+    """One frame as a server would send it, built by websocket-client's ABNF."""
+    import websocket
+
+    return websocket.ABNF(int(fin), 0, 0, 0, opcode, int(masked), payload).format()
+
+
+def event_frame(n: int, **options) -> bytes:
+    return frame(OPCODE_TEXT, json.dumps(run_event(n)).encode(), **options)
+
+
+CLOSE_1000 = frame(OPCODE_CLOSE, (1000).to_bytes(2, "big"))
+
+
+class PeerConnection:
+    """One accepted TCP connection of a RawPeer, as its script sees it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        from wsproto import ConnectionType, WSConnection
+
+        self.sock = sock
+        self.protocol = WSConnection(ConnectionType.SERVER)
+        #: What the client sent after the handshake: wsproto events (Ping, CloseConnection...).
+        self.received: list = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+
+    def handshake(self) -> None:
+        from wsproto.events import Request
+
+        while not any(isinstance(event, Request) for event in self.protocol.events()):
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the client left during the handshake")
+            self.protocol.receive_data(data)
+
+    def accept(self) -> None:
+        from wsproto.events import AcceptConnection
+
+        self.sock.sendall(self.protocol.send(AcceptConnection()))
+        self._reader.start()
+
+    def refuse(self, status: int, headers: list = ()) -> None:
+        from wsproto.events import RejectConnection
+
+        self.sock.sendall(self.protocol.send(RejectConnection(status_code=status, headers=list(headers))))
+
+    def send(self, data: bytes, pause: float = 0.0) -> None:
+        """Send bytes; with a pause, one byte at a time, so the client reads them piecemeal."""
+        if not pause:
+            self.sock.sendall(data)
+            return
+        for index in range(len(data)):
+            self.sock.sendall(data[index:index + 1])
+            time.sleep(pause)
+
+    def close_code(self, timeout: float = 5.0):
+        """The code of the client's close frame, once it arrives (None if it does not)."""
+        if self._reader.is_alive():
+            self._reader.join(timeout)
+        codes = [event.code for event in self.received if type(event).__name__ == "CloseConnection"]
+        return codes[0] if codes else None
+
+    def wait_for(self, kind: str, timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while not any(type(event).__name__ == kind for event in self.received):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def _read(self) -> None:
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    return
+                self.protocol.receive_data(data)
+                self.received.extend(self.protocol.events())
+        except OSError:
+            return
+
+
+class RawPeer:
+    """A WebSocket server on 127.0.0.1: connection N runs ``scripts[N]``, then (if the
+    script returns) waits for the client to leave. Later connections are refused 503."""
+
+    def __init__(self, *scripts) -> None:
+        self._scripts = list(scripts)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.url = f"ws://127.0.0.1:{self._listener.getsockname()[1]}/ws"
+        self.connections: list = []
+        self._stopping = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+
+    def __enter__(self) -> RawPeer:
+        self._threads[0].start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stopping.set()
+        for conn in self.connections:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # the client closed it already
+                pass
+        for thread in list(self._threads):
+            thread.join(10)
+        for conn in self.connections:
+            conn.sock.close()
+        self._listener.close()
+
+    def client(self, **options) -> rakerone.Client:
+        """A client whose tickets point at this peer (nothing is sent to its base URL)."""
+        client = rakerone.Client("peer-key", base_url="http://127.0.0.1:9/api", timeout=5, **options)
+        client.mint_run_ticket = lambda *ids: rakerone.WsTicket(ticket="peer-ticket", ws_url=self.url)
+        return client
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            sock.settimeout(10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = PeerConnection(sock)
+            self.connections.append(conn)
+            script = self._scripts.pop(0) if self._scripts else (lambda c: c.refuse(503))
+            thread = threading.Thread(target=self._serve, args=(conn, script), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: PeerConnection, script) -> None:
+        try:
+            conn.handshake()
+            script(conn)
+        except OSError:  # the client may leave at any point
+            return
+        if conn._reader.is_alive():
+            conn._reader.join(10)
+
+
+def peak_rss_growth_mib(action) -> float:
+    """Run ``action``; return how far the process's peak RSS rose above its RSS before."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux's /proc to read the peak RSS")
+
+    def status_kib(field: str) -> int:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets VmHWM to the current RSS
+    before = status_kib("VmRSS")
+    action()
+    return (status_kib("VmHWM") - before) / 1024
+
+
+def test_max_outage_0_raises_on_the_first_drop(fake, stream_client, sleeps):
+    stream_client._sleep = sleeps.append
+    emit(fake, 1)
+    events = stream_client.iter_run_events(PROJECT, RUN, max_outage=0, idle_timeout=5)
+    next(events)
+    fake.drop_streams()
+
+    with pytest.raises(rakerone.StreamDisconnectedError, match="reconnecting is off: max_outage=0"):
+        next(events)
+
+    assert sleeps == [] and fake.connections == 1
+
+
+def test_quiet_connections_dropped_every_second_do_not_use_up_the_outage_budget(fake, stream_client):
+    emit(fake, 1)
+    stop = threading.Event()
+
+    def drop_every_second():
+        for _ in range(10):
+            if stop.wait(1.0):
+                return
+            fake.drop_streams()
+        emit(fake, 2)
+        fake.finish_run_stream(PROJECT, RUN)
+
+    dropper = threading.Thread(target=drop_every_second)
+    dropper.start()
+    try:
+        ids = [event.id for event in stream_client.iter_run_events(PROJECT, RUN, max_outage=2)]
+    finally:
+        stop.set()
+        dropper.join()
+
+    assert ids == ["e1", "e2"]
+    assert fake.connections >= 10
+
+
+def test_a_server_down_for_15_seconds_is_waited_out_and_resumed_exactly_once(fake, stream_client, sleeps):
+    emit(fake, 1)
+
+    def sleep_then_restart_after_15_s(seconds):  # no real waiting; the HTTP retries sleep here too
+        sleeps.append(seconds)
+        if sum(sleeps) >= 15 and not restarted:
+            restarted.append(fake.start())
+
+    restarted = []
+    stream_client._sleep = sleep_then_restart_after_15_s
+    ids = []
+    for event in stream_client.iter_run_events(PROJECT, RUN):
+        ids.append(event.id)
+        if event.id == "e1":
+            fake.stop()
+            emit(fake, 2)  # into the history the server replays when it is back
+            fake.finish_run_stream(PROJECT, RUN)
+
+    assert ids == ["e1", "e2"]
+    assert sum(sleeps) >= 15 and max(sleeps) <= rakerone.RECONNECT_BACKOFF_CAP
+    assert fake.connections == 2
+
+
+def test_the_outage_budget_runs_on_real_time_and_the_error_says_how_long(fake):
+    fake.stop()
+    started = time.monotonic()
+
+    def sleep_at_most_10_s_in_all(seconds):
+        assert time.monotonic() - started < 10, "the stream never gave up"
+        time.sleep(seconds)
+
+    with rakerone.Client(fake.api_key, base_url=fake.base_url, timeout=5, max_retries=0) as client:
+        client._sleep = sleep_at_most_10_s_in_all
+        with pytest.raises(rakerone.StreamDisconnectedError,
+                           match=r"failed attempt\(s\) in a row, 1\.\d s without a working connection "
+                                 r"\(max_outage=1 s\): could not mint a ticket"):
+            next(client.iter_run_events(PROJECT, RUN, max_outage=1))
+
+    assert 1.0 <= time.monotonic() - started < 3.0
+
+
+def test_retry_after_on_a_refused_upgrade_is_honoured(no_leaks, sleeps):
+    if not hasattr(rakerone.ServerError("probe"), "retry_after"):
+        pytest.skip("needs retry_after on every APIError (the HTTP section's change)")
+
+    def accept_and_finish(conn):
+        conn.accept()
+        conn.send(event_frame(1) + CLOSE_1000)
+
+    with RawPeer(lambda conn: conn.refuse(503, [(b"Retry-After", b"2")]), accept_and_finish) as peer:
+        with peer.client() as client:
+            client._sleep = sleeps.append
+            ids = [event.id for event in client.iter_run_events(PROJECT, RUN)]
+
+    assert ids == ["e1"]
+    assert len(sleeps) == 1 and sleeps[0] >= 2
+
+
+def test_retry_after_on_a_refused_ticket_mint_is_honoured(fake, stream_client, sleeps):
+    stream_client._sleep = sleeps.append
+    emit(fake, 1)
+    fake.finish_run_stream(PROJECT, RUN)
+    fake.fail_next_requests(3, 429, retry_after=2, paths="ws-ticket")  # max_retries=2: three 429s
+
+    ids = [event.id for event in stream_client.iter_run_events(PROJECT, RUN)]
+
+    assert ids == ["e1"]
+    assert sleeps[:2] == [2, 2]  # the HTTP retries
+    assert len(sleeps) == 3 and sleeps[2] >= 2  # then the stream's own wait
+
+
+def test_close_4401_after_events_mints_one_fresh_ticket_and_carries_on(fake, stream_client, sleeps):
+    stream_client._sleep = sleeps.append
+    emit(fake, 1)
+    ids = []
+
+    for event in stream_client.iter_run_events(PROJECT, RUN):
+        ids.append(event.id)
+        if event.id == "e1":
+            fake.close_streams(4401, "ticket expired")
+            emit(fake, 2)
+        else:
+            fake.finish_run_stream(PROJECT, RUN)
+
+    assert ids == ["e1", "e2"]
+    assert fake.tickets_minted == fake.connections == 2
+    assert sleeps == []
+
+
+def test_a_ticket_refused_twice_in_a_row_raises_authentication_error_naming_the_ticket(fake, stream_client):
+    emit(fake, 1)
+    events = stream_client.iter_run_events(PROJECT, RUN, idle_timeout=5)
+    next(events)
+    fake.reject_next_connections(1, status=401)  # the fresh ticket is refused at the upgrade
+    fake.close_streams(4401)
+
+    with pytest.raises(rakerone.AuthenticationError) as raised:
+        next(events)
+
+    message = str(raised.value)
+    assert "refused the WebSocket ticket (HTTP 401 at the upgrade) even freshly minted" in message
+    assert "API key was accepted" in message and rakerone.API_KEY_ENV not in message
+    assert raised.value.status_code == 401
+    assert fake.tickets_minted == 2 and fake.connections == 1
+
+
+def test_a_refused_ticket_mint_raises_authentication_error_naming_the_key(fake, stream_client):
+    emit(fake, 1)
+    events = stream_client.iter_run_events(PROJECT, RUN, idle_timeout=5)
+    next(events)
+    fake.api_key = "rotated-key"
+    fake.close_streams(4401)
+
+    with pytest.raises(rakerone.AuthenticationError, match=rakerone.API_KEY_ENV):
+        next(events)
+
+    assert fake.tickets_minted == 1
+
+
+@pytest.mark.parametrize("header", [
+    bytes([0x81, 0x7F]) + (4 * 1024**3).to_bytes(8, "big"),  # one frame of 4 GiB
+    bytes([0x82, 0x7F]) + (100 * 1024**2).to_bytes(8, "big"),  # one binary frame of 100 MiB
+], ids=["4GiB-frame", "100MiB-frame"])
+def test_a_frame_over_max_message_bytes_is_refused_with_1009_before_its_payload(no_leaks, header):
+    def announce_and_stream(conn):
+        conn.accept()
+        conn.send(header)
+        chunk = b"x" * 65536
+        for _ in range(1600):  # 100 MiB, unless the client leaves first
+            conn.send(chunk)
+
+    with RawPeer(announce_and_stream) as peer, peer.client() as client:
+        events = client.iter_run_events(PROJECT, RUN, max_outage=0)
+        started = time.monotonic()
+
+        def read():
+            with pytest.raises(rakerone.MessageTooLargeError, match="over max_message_bytes=16,777,216"):
+                next(events)
+
+        growth = peak_rss_growth_mib(read)
+        elapsed = time.monotonic() - started
+        assert peer.connections[0].close_code() == 1009
+
+    assert elapsed < 2.0
+    assert growth < 16
+
+
+def test_a_fragmented_100_mib_message_is_refused_once_its_fragments_pass_the_limit(no_leaks):
+    def send_fragments(conn):
+        conn.accept()
+        fragment = b" " * (1024 * 1024)
+        conn.send(frame(OPCODE_TEXT, fragment, fin=False))
+        for _ in range(99):
+            conn.send(frame(OPCODE_CONT, fragment, fin=False))
+
+    with RawPeer(send_fragments) as peer, peer.client() as client:
+        events = client.iter_run_events(PROJECT, RUN, max_outage=0)
+
+        def read():
+            with pytest.raises(rakerone.MessageTooLargeError, match="17,825,792 bytes so far"):
+                next(events)
+
+        growth = peak_rss_growth_mib(read)
+        assert peer.connections[0].close_code() == 1009
+
+    assert growth < 64  # 16 MiB accepted, then refused; unbounded, 100 MiB and more
+
+
+def test_max_message_bytes_is_the_callers_choice(no_leaks):
+    big = json.dumps({"id": "big", "data": "x" * 2000}).encode()
+
+    def send_two(conn):
+        conn.accept()
+        conn.send(frame(OPCODE_TEXT, json.dumps({"id": "small"}).encode()))
+        conn.send(frame(OPCODE_TEXT, big))
+
+    with RawPeer(send_two) as peer, peer.client() as client:
+        events = client.iter_run_events(PROJECT, RUN, max_outage=0, max_message_bytes=1000)
+        assert next(events).id == "small"
+        with pytest.raises(rakerone.MessageTooLargeError, match=f"of {len(big):,} bytes, over max_message_bytes=1,000"):
+            next(events)
+
+
+def test_long_ids_are_deduplicated_in_bounded_memory(no_leaks):
+    long_id = "i" * 1_000_000
+
+    def send_long_ids(conn):
+        conn.accept()
+        for n in range(300):
+            conn.send(frame(OPCODE_TEXT, json.dumps({"id": f"{long_id}{n}"}).encode()))
+        conn.send(frame(OPCODE_TEXT, json.dumps({"id": f"{long_id}7", "data": "replayed"}).encode()))
+        conn.send(CLOSE_1000)
+
+    with RawPeer(send_long_ids) as peer, peer.client() as client:
+        count = 0
+
+        def read_all():
+            nonlocal count
+            for event in client.iter_run_events(PROJECT, RUN, max_outage=0):
+                assert event.data != "replayed"
+                count += 1
+
+        growth = peak_rss_growth_mib(read_all)
+
+    assert count == 300
+    assert growth < 64  # whole ids kept: 300 MB
+
+
+def test_fragments_pings_mid_message_and_frames_split_across_reads_decode_exactly(no_leaks):
+    large = {"id": "e5", "data": "y" * 70_000}  # a 64-bit length
+
+    def send_awkward_frames(conn):
+        conn.accept()
+        conn.send(event_frame(1), pause=0.001)  # one byte per read
+        conn.send(frame(OPCODE_TEXT, b'{"id": "e2", ', fin=False))
+        conn.send(frame(OPCODE_PING, b"mid"))
+        conn.send(frame(OPCODE_CONT, b'"data": "fragm', fin=False))
+        conn.send(frame(OPCODE_PONG, b""))
+        conn.send(frame(OPCODE_CONT, 'ented ✓"}'.encode()))
+        conn.send(event_frame(3, masked=True))  # servers must not mask; websocket-client accepts it
+        conn.send(frame(OPCODE_TEXT, json.dumps({"id": "e4", "data": "z" * 200}).encode()))  # 16-bit length
+        big = frame(OPCODE_TEXT, json.dumps(large).encode())
+        for start in range(0, len(big), 20_000):
+            conn.send(big[start:start + 20_000])
+            time.sleep(0.01)
+        conn.send(CLOSE_1000)
+
+    with RawPeer(send_awkward_frames) as peer, peer.client() as client:
+        events = list(client.iter_run_events(PROJECT, RUN, max_outage=0))
+        pongs = [event.payload for event in peer.connections[0].received if type(event).__name__ == "Pong"]
+
+    assert [event.id for event in events] == ["e1", "e2", "e3", "e4", "e5"]
+    assert events[0].raw == run_event(1) and events[2].raw == run_event(3)
+    assert events[1].data == "fragmented ✓"
+    assert events[3].data == "z" * 200 and events[4].raw == large
+    assert pongs == [b"mid"]
+
+
+def test_a_frame_cut_by_a_wake_up_is_resumed_whole(no_leaks):
+    whole = event_frame(1)
+    pinged_mid_frame = []
+
+    def send_in_two_halves(conn):
+        conn.accept()
+        conn.send(whole[:20])
+        pinged_mid_frame.append(conn.wait_for("Ping"))  # the client woke up with half a frame
+        conn.send(whole[20:] + CLOSE_1000)
+
+    with RawPeer(send_in_two_halves) as peer, peer.client() as client:
+        events = list(client.iter_run_events(PROJECT, RUN, max_outage=0, ping_interval=0.1, ping_timeout=10))
+
+    assert pinged_mid_frame == [True]
+    assert [event.raw for event in events] == [run_event(1)]
+
+
+def test_a_frame_trickled_slower_than_the_ping_deadline_is_a_dead_connection(no_leaks):
+    def trickle(conn):
+        conn.accept()
+        conn.send(bytes([0x81, 126]) + (1000).to_bytes(2, "big"))
+        for _ in range(100):  # 5 s for 100 of the 1,000 bytes, unless the client leaves
+            conn.send(b" ")
+            time.sleep(0.05)
+
+    with RawPeer(trickle) as peer, peer.client() as client:
+        events = client.iter_run_events(PROJECT, RUN, max_outage=0, ping_interval=0.3, ping_timeout=0.3)
+        started = time.monotonic()
+        with pytest.raises(rakerone.StreamDisconnectedError,
+                           match=r"no answer to a ping within 0.3 s \(a frame was still arriving\)"):
+            next(events)
+        elapsed = time.monotonic() - started
+
+    assert 0.5 <= elapsed < 2.0
+
+
+def test_json_nested_too_deeply_is_a_stream_error(no_leaks):
+    def send_deep(conn):
+        conn.accept()
+        conn.send(frame(OPCODE_TEXT, b"[" * 100_000 + b"]" * 100_000))
+
+    with RawPeer(send_deep) as peer, peer.client() as client:
+        with pytest.raises(rakerone.StreamError, match=r"nested too deeply to decode: '\[\[\["):
+            next(client.iter_run_events(PROJECT, RUN, max_outage=0))
+
+
+def test_an_outage_of_over_a_thousand_attempts_keeps_its_backoff_capped(fake, sleeps):
+    emit(fake, 1)
+    fake.finish_run_stream(PROJECT, RUN)
+    fake.stop()
+
+    def sleep_then_restart_after_1100_attempts(seconds):  # no real waiting
+        sleeps.append(seconds)
+        if len(sleeps) == 1100:
+            fake.start()
+
+    with rakerone.Client(fake.api_key, base_url=fake.base_url, timeout=5, max_retries=0) as client:
+        client._sleep = sleep_then_restart_after_1100_attempts
+        ids = [event.id for event in client.iter_run_events(PROJECT, RUN, max_outage=3600)]
+
+    assert ids == ["e1"]
+    assert len(sleeps) == 1100 and max(sleeps) <= rakerone.RECONNECT_BACKOFF_CAP
 
 
 # -- Command line ----------------------------------------------------------------------
@@ -1652,7 +2163,7 @@ def test_fault_soak_delivers_every_event_exactly_once_in_order(fake, no_leaks):
     received = []
     started = time.monotonic()
     with rakerone.Client(fake.api_key, base_url=fake.base_url, timeout=5) as client:
-        for event in client.iter_run_events(PROJECT, RUN, max_reconnects=10):
+        for event in client.iter_run_events(PROJECT, RUN, max_outage=30):
             index = int(event.id)
             received.append(index)
             fault = faults.pop(index, None)
