@@ -25,6 +25,7 @@ import h11
 import pytest
 import requests
 import responses
+import urllib3
 import wsproto
 import wsproto.events
 
@@ -707,6 +708,130 @@ def test_module_shortcuts_use_the_environment(monkeypatch, mocked):
     assert rakerone.get_run("p", "r").id == "r"
     assert rakerone.mint_run_ticket("p", "r").ticket == "t1"
     assert rakerone.mint_brief_ticket("p", "b").ticket == "t2"
+
+
+# -- Any endpoint: client.request ------------------------------------------------------
+
+
+def test_request_fills_placeholders_with_encoded_ids_and_sends_params(client, mocked):
+    mocked.get(f"{BASE_URL}/projects/p%2F1/briefs/..%20b", json={"briefs": []})
+
+    body = client.request("GET", "/projects/{}/briefs/{}", "p/1", ".. b", params={"limit": 50})
+
+    assert body == {"briefs": []}
+    assert mocked.calls[0].request.url == f"{BASE_URL}/projects/p%2F1/briefs/..%20b?limit=50"
+
+
+def test_request_sends_a_json_body_with_the_key(client, mocked):
+    mocked.post(f"{BASE_URL}/projects/p1/playbook-runs", status=201, json={"run": {"id": "r9"}})
+
+    body = client.request("post", "/projects/{}/playbook-runs", "p1", json={"playbookId": "pb_1"})
+
+    sent = mocked.calls[0].request
+    assert body == {"run": {"id": "r9"}}
+    assert sent.method == "POST" and json.loads(sent.body) == {"playbookId": "pb_1"}
+    assert sent.headers["Authorization"] == f"Bearer {API_KEY}"
+    assert sent.headers["Content-Type"] == "application/json"
+
+
+@pytest.mark.parametrize("status, body", [(204, b""), (200, b""), (200, b"  \n")])
+def test_request_returns_none_for_an_empty_answer(client, mocked, status, body):
+    mocked.delete(f"{BASE_URL}/projects/p1", status=status, body=body)
+
+    assert client.request("DELETE", "/projects/{}", "p1") is None
+
+
+@pytest.mark.parametrize("status, error_class", [(400, rakerone.BadRequestError), (401, rakerone.AuthenticationError),
+                                                 (404, rakerone.NotFoundError), (409, rakerone.APIError)])
+def test_request_errors_are_the_same_classes_as_everywhere(client, mocked, status, error_class):
+    mocked.post(f"{BASE_URL}/projects/p1/briefs", status=status,
+                json={"error": "invalid_body", "issues": [{"path": ["title"], "message": "Required"}]})
+
+    with pytest.raises(error_class) as raised:
+        client.request("POST", "/projects/{}/briefs", "p1", json={})
+
+    assert raised.value.status_code == status and raised.value.code == "invalid_body"
+    assert raised.value.issues == ({"path": ["title"], "message": "Required"},)
+
+
+@pytest.mark.parametrize("path, ids", [
+    ("projects/{}", ("p",)),                    # not relative to the base URL
+    ("https://evil.invalid/api/x", ()),          # a whole URL
+    ("//evil.invalid/x", ()),                    # a network-path reference
+    ("/projects/../admin", ()),                  # a dot segment
+    ("/projects/%2e%2e/admin", ()),              # an encoded dot segment
+    ("/projects/{}/briefs/{}", ("p",)),          # too few ids
+    ("/projects/{}", ("p", "q")),                # too many ids
+    ("/projects/{id}", ("p",)),                  # a named placeholder
+    ("/projects?limit=5", ()),                   # a query in the path
+    ("/projects/{}", ("",)),                     # an empty id
+    ("/projects/{}", ("..",)),                   # an id that would climb
+], ids=repr)
+def test_request_refuses_an_unusable_path_before_any_traffic(client, mocked, path, ids):
+    with pytest.raises(rakerone.ConfigurationError):
+        client.request("GET", path, *ids)
+
+    assert len(mocked.calls) == 0
+
+
+def test_request_refuses_an_unusable_method(client, mocked):
+    with pytest.raises(rakerone.ConfigurationError, match="method"):
+        client.request("GET /x", "/projects")
+
+
+def connection_refused() -> requests.ConnectionError:
+    """What requests raises when nothing listens: nothing was sent."""
+    return requests.ConnectionError(urllib3.exceptions.NewConnectionError(None, "Connection refused"))
+
+
+def connection_reset() -> requests.ConnectionError:
+    """What requests raises when the connection drops after the request went out."""
+    return requests.ConnectionError(urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError()))
+
+
+# (method, failure, attempts): POST and PATCH are resent only when the server cannot have acted.
+RETRY_TABLE = [
+    (method, failure, 3 if method in rakerone.IDEMPOTENT_METHODS or failure in ("refused", 429, 503) else 1)
+    for method in ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "POST", "PATCH")
+    for failure in ("refused", "reset", 429, 500, 502, 503, 504)
+]
+
+
+@pytest.mark.parametrize("method, failure, attempts", RETRY_TABLE)
+def test_request_retries_never_duplicate_a_side_effect(client, sleeps, method, failure, attempts):
+    url = f"{BASE_URL}/projects/p1/things"
+    mocked = responses.RequestsMock(assert_all_requests_are_fired=False)
+    for _ in range(3):
+        if failure == "refused":
+            mocked.add(method, url, body=connection_refused())
+        elif failure == "reset":
+            mocked.add(method, url, body=connection_reset())
+        else:
+            mocked.add(method, url, status=failure, json={"error": "x"})
+
+    with mocked:
+        with pytest.raises(rakerone.RakerOneError):
+            client.request(method, "/projects/{}/things", "p1", json=None if method in ("GET", "HEAD") else {})
+        sent = len(mocked.calls)
+
+    assert sent == attempts
+
+
+def test_ticket_minting_is_resent_after_a_lost_answer(client, mocked, sleeps):
+    url = f"{BASE_URL}/projects/p/playbook-runs/r/ws-ticket"
+    mocked.post(url, body=connection_reset())
+    mocked.post(url, json={"ticket": "t-2"})
+
+    assert client.mint_run_ticket("p", "r").ticket == "t-2"
+    assert len(mocked.calls) == 2
+
+
+def test_module_level_request_uses_the_environment(monkeypatch, mocked):
+    monkeypatch.setenv("RAKERONE_API_KEY", API_KEY)
+    monkeypatch.setenv("RAKERONE_BASE_URL", BASE_URL)
+    mocked.get(f"{BASE_URL}/projects", json=[{"id": "p1"}])
+
+    assert rakerone.request("GET", "/projects") == [{"id": "p1"}]
 
 
 # -- Streams against the fake ----------------------------------------------------------
@@ -1889,6 +2014,66 @@ def test_cli_ctrl_c_during_run_events_closes_with_1000_and_exits_130(fake, cli_e
 
     assert follower.returncode == 130 and "Traceback" not in stderr
     assert fake.wait_for(lambda: fake.client_close_codes == [1000])
+
+
+def test_cli_api_gets_a_path_and_prints_the_json(fake, cli_env):
+    fake.add_route("GET", "/projects/p1/briefs", json={"briefs": [{"id": "b1", "title": "Café"}]})
+
+    result = run_cli(cli_env, "api", "/projects/p1/briefs?limit=5")
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"briefs": [{"id": "b1", "title": "Café"}]}
+    assert fake.requests[-1].query == (("limit", "5"),)
+
+
+def test_cli_api_posts_fields_as_a_json_body(fake, cli_env):
+    fake.add_route("POST", "/projects/p1/playbook-runs", status=201, json={"run": {"id": "r9", "status": "queued"}})
+
+    result = run_cli(cli_env, "api", "/projects/p1/playbook-runs", "-f", "playbookId=pb_1", "-f", "note=a=b")
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["run"]["id"] == "r9"
+    assert fake.requests[-1].json == {"playbookId": "pb_1", "note": "a=b"}
+    assert fake.requests[-1].headers["Authorization"] == "Bearer ***"
+
+
+def test_cli_api_sends_input_from_stdin_and_does_not_double_the_api_prefix(fake, cli_env):
+    fake.add_route("PATCH", "/projects/p1", json={"id": "p1", "name": "New"})
+
+    result = subprocess.run(rakerone_command() + ["api", "-X", "PATCH", "/api/projects/p1", "--input", "-"],
+                            env=cli_env, input='{"name": "New"}', capture_output=True, text=True, timeout=20)
+
+    assert result.returncode == 0, result.stderr
+    assert fake.requests[-1].method == "PATCH" and fake.requests[-1].path == "/api/projects/p1"
+    assert fake.requests[-1].json == {"name": "New"}
+
+
+@pytest.mark.parametrize("status, exit_code", [(404, 4), (401, 3), (403, 3), (409, 5), (500, 5)])
+def test_cli_api_exit_codes_follow_the_rest_of_the_cli(fake, cli_env, status, exit_code):
+    fake.add_route("GET", "/projects/p1/thing", status=status, json={"error": "conflict_or_so", "issues": []})
+
+    result = run_cli(cli_env, "--timeout", "5", "api", "/projects/p1/thing")
+
+    assert result.returncode == exit_code
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    assert "conflict_or_so" in result.stderr
+
+
+def test_cli_api_an_unknown_path_is_not_found(fake, cli_env):
+    result = run_cli(cli_env, "api", "/no/such/path")
+
+    assert result.returncode == 4
+    assert '"error": "not_found"' in result.stderr
+
+
+@pytest.mark.parametrize("args", [["api", "/projects/../admin"], ["api", "/p", "-f", "novalue"],
+                                  ["api", "/p", "--input", "/nonexistent/file.json"]])
+def test_cli_api_bad_input_is_a_usage_or_configuration_error(fake, cli_env, args):
+    result = run_cli(cli_env, *args)
+
+    assert result.returncode in (2, 3) and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert all(record.path == "/api/healthz" for record in fake.requests) or fake.requests == []
 
 
 class MisbehavingAPI:
