@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, Callable, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Tuple, Union
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
 
 import attrs
@@ -827,6 +827,25 @@ class _Watchdog:
             self._thread, self._stopping, self._wake_at = None, False, float("inf")
 
 
+#: How many times this process is a fork()ed child of the one that imported us: a
+#: stream opened before a fork must not be read, nor closed, from the child.
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
+
+
+def _forked_stream_error() -> StreamError:
+    return StreamError("this stream was opened before fork(): a stream cannot be carried into a "
+                       "child process; open a new one there (the parent's is left untouched)")
+
+
 #: The attempt the current thread is making, for the connections below to report to.
 _current = threading.local()
 
@@ -1443,7 +1462,10 @@ class Client:
             minted.append(mint_ticket())
             return minted[-1]
 
+        born = _forks
         while True:
+            if _forks != born:
+                raise _forked_stream_error()
             minted.clear()
             try:
                 ws = self._open_socket(path, mint, settings.deadline)
@@ -1456,14 +1478,14 @@ class Client:
                 reconnects.after_refused_ticket(_TicketRefused(f"HTTP {refused.status_code} at the upgrade"))
                 continue
             reconnects.opened()
-            reader = _ConnectionReader(ws, settings)
+            reader = _ConnectionReader(ws, settings, self._secrets)
             try:
                 yield from reader.events(seen)
                 return
             except (_ConnectionLost, _TicketRefused) as exc:
                 ended: Exception = exc
             finally:
-                _close_socket(ws)
+                _close_socket(ws, polite=_forks == reader.born)
             reconnects.closed(reader.new_events)
             if isinstance(ended, _TicketRefused):
                 reconnects.after_refused_ticket(ended)
@@ -1780,7 +1802,7 @@ _PROXY_TYPES = ("http", "socks4", "socks4a", "socks5", "socks5h")
 _raw_decode = json.JSONDecoder().raw_decode
 
 
-def _decode_json(payload: bytes) -> Any:
+def _decode_json(payload: bytes, secrets: Iterable[Optional[str]] = ()) -> Any:
     """Decode a frame's UTF-8 JSON exactly as ``json.loads`` would, or raise StreamError.
 
     ``raw_decode`` skips ``json.loads``'s two layers and two regular expressions
@@ -1795,9 +1817,10 @@ def _decode_json(payload: bytes) -> Any:
             end = -1
         return message if end == len(text) else json.loads(text)
     except ValueError:  # UnicodeDecodeError and JSONDecodeError both
-        raise StreamError(f"received a frame that is not UTF-8 JSON: {_excerpt(bytes(payload), 80)!r}") from None
+        problem = "a frame that is not UTF-8 JSON"
     except RecursionError:
-        raise StreamError(f"received JSON nested too deeply to decode: {_excerpt(bytes(payload), 80)!r}") from None
+        problem = "JSON nested too deeply to decode"
+    raise StreamError(f"received {problem}: {_excerpt(bytes(payload), 80, tuple(secrets))!r}")
 
 
 class _ConnectionReader:
@@ -1808,9 +1831,13 @@ class _ConnectionReader:
     per frame, since a frame can only push deadlines later.
     """
 
-    def __init__(self, ws: Any, settings: _StreamSettings) -> None:
+    def __init__(self, ws: Any, settings: _StreamSettings, secrets: Iterable[Optional[str]]) -> None:
         self._ws = ws
         self._settings = settings
+        #: The fork() count of the process that opened the connection (see _forks).
+        self.born = _forks
+        #: What to redact from the server's text we quote (the key, the tickets).
+        self._secrets = secrets
         self._last_frame_at = self._last_event_at = time.monotonic()
         self._ping_sent_at: Optional[float] = None
         #: How many events this connection yielded (not seen before).
@@ -1835,7 +1862,7 @@ class _ConnectionReader:
             except (OSError, websocket.WebSocketException) as exc:
                 raise _ConnectionLost(f"connection dropped ({type(exc).__name__}: {exc})", exc) from None
             if opcode == _OPCODE_TEXT or opcode == _OPCODE_BINARY:
-                message = _decode_json(frame.data)
+                message = _decode_json(frame.data, self._secrets)
                 frame = None  # free the payload before the loop body runs
                 self._last_frame_at = self._last_event_at = monotonic()
                 self._ping_sent_at = None
@@ -1843,8 +1870,10 @@ class _ConnectionReader:
                 if event.id is None or add_id(event.id):
                     self.new_events += 1
                     yield event
+                    if _forks != self.born:
+                        raise _forked_stream_error()
             elif opcode == _OPCODE_CLOSE:
-                _on_close_frame(frame.data)
+                _on_close_frame(frame.data, self._secrets)
                 return
             else:  # ping or pong: the peer is alive
                 self._last_frame_at = now_monotonic = monotonic()
@@ -2070,10 +2099,10 @@ def _read_ahead_websocket_class() -> type:
     return ReadAheadWebSocket
 
 
-def _on_close_frame(payload: bytes) -> None:
+def _on_close_frame(payload: bytes, secrets: Iterable[Optional[str]] = ()) -> None:
     """Act on the server's close: return on 1000, else raise what the code means."""
     code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-    reason = payload[2:].decode("utf-8", "replace")
+    reason = _excerpt(payload[2:], 123, tuple(secrets))  # a close reason holds 123 bytes at most
     described = f"server closed the stream with {code}" + (f" ({reason})" if reason else "")
     if code == 1000:
         logger.debug("%s", described)
@@ -2084,16 +2113,17 @@ def _on_close_frame(payload: bytes) -> None:
     if code in RECONNECT_CLOSE_CODES or status in RETRYABLE_STATUSES:
         raise _ConnectionLost(described)
     if status == 401:
-        raise _TicketRefused(_redact(f"close {code}" + (f": {reason}" if reason else "")))
+        raise _TicketRefused(f"close {code}" + (f": {reason}" if reason else ""))
     if status is not None and 400 <= status < 600:
         error_class = _error_class(status)
-        raise error_class(_redact(described), status_code=status)
+        raise error_class(described, status_code=status)
     raise StreamError(described)
 
 
-def _close_socket(ws: Any) -> None:
-    """Say goodbye (close 1000) if the socket is still open, and release it at once."""
-    if ws.connected:
+def _close_socket(ws: Any, polite: bool = True) -> None:
+    """Say goodbye (close 1000) if the socket is still open, and release it at once.
+    In a forked child, the socket is the parent's too: it is only let go of."""
+    if ws.connected and polite:
         ws.set_wake_time(time.monotonic() + CLOSE_TIMEOUT)  # a half-read frame cannot hold it longer
         ws.close(status=1000, timeout=CLOSE_TIMEOUT)
     ws.shutdown()

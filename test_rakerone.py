@@ -1796,6 +1796,30 @@ def test_an_outage_of_over_a_thousand_attempts_keeps_its_backoff_capped(fake, sl
     assert len(sleeps) == 1100 and max(sleeps) <= rakerone.RECONNECT_BACKOFF_CAP
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_stream_carried_into_a_forked_child_raises_there_and_leaves_the_parents_alone(fake, stream_client):
+    emit(fake, 1)
+    events = stream_client.iter_run_events(PROJECT, RUN)
+    assert next(events).id == "e1"
+
+    pid = os.fork()
+    if pid == 0:  # the child: reading must fail at once, without touching the socket
+        try:
+            next(events)
+        except rakerone.StreamError as exc:
+            os._exit(0 if "fork" in str(exc) else 2)
+        except BaseException:
+            os._exit(3)
+        os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    emit(fake, 2)
+
+    assert os.WEXITSTATUS(status) == 0
+    assert next(events).id == "e2"  # the parent's stream is untouched
+    assert fake.client_close_codes == []
+    events.close()
+
+
 # -- Command line ----------------------------------------------------------------------
 # The `rakerone` command as a real subprocess against the fake.
 
