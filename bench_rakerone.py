@@ -49,8 +49,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import requests
 import websocket
@@ -145,9 +146,9 @@ class Section(NamedTuple):
     title: str
     unit: str
     count: int
-    loops: Dict[str, List[Timing]]
+    loops: dict[str, list[Timing]]
 
-    def values(self, loop: str) -> List[float]:
+    def values(self, loop: str) -> list[float]:
         if self.unit.endswith("/s"):
             return [self.count / timing.seconds for timing in self.loops[loop]]
         return [timing.seconds * (1000 if self.unit == "ms" else 1) for timing in self.loops[loop]]
@@ -180,11 +181,11 @@ def timed(loop: Callable[[], int], expected: int, server: Optional[BenchServer] 
     return Timing(seconds, None if cpu_before is None or cpu_after is None else cpu_after - cpu_before)
 
 
-def rotate_rounds(rounds: int, loops: Dict[str, Callable[[], Timing]], say: Callable[[str], None],
-                  what: str) -> Dict[str, List[Timing]]:
+def rotate_rounds(rounds: int, loops: dict[str, Callable[[], Timing]], say: Callable[[str], None],
+                  what: str) -> dict[str, list[Timing]]:
     """Run every loop once per round, starting one loop later each round."""
     names = list(loops)
-    results: Dict[str, List[Timing]] = {name: [] for name in names}
+    results: dict[str, list[Timing]] = {name: [] for name in names}
     for index in range(rounds):
         say(f"{what}: round {index + 1} of {rounds}")
         shift = index % len(names)
@@ -350,7 +351,7 @@ def running_server(plan: Plan, cpu: Optional[int]) -> Iterator[BenchServer]:
 # -- Streams ---------------------------------------------------------------------------
 
 
-def measure_stream(server: BenchServer, plan: Plan, name: str, say: Callable[[str], None]) -> Dict[str, Section]:
+def measure_stream(server: BenchServer, plan: Plan, name: str, say: Callable[[str], None]) -> dict[str, Section]:
     """Messages/s of iter_run_events and of websocket-client loops, on one workload."""
     (shape, size), count, url = WORKLOADS[name], getattr(plan, name), f"ws://{HOST}:{server.ws_port}/ws/{name}"
     with rakerone.Client(api_key=API_KEY, base_url=server.base_url) as client:
@@ -402,7 +403,7 @@ def read_with_defaults(url: str) -> int:
 # -- HTTP ------------------------------------------------------------------------------
 
 
-def measure_http(server: BenchServer, plan: Plan, say: Callable[[str], None]) -> Dict[str, Section]:
+def measure_http(server: BenchServer, plan: Plan, say: Callable[[str], None]) -> dict[str, Section]:
     """Sequential calls/s: get_run, a reused requests Session, requests.get, http.client."""
     url, headers = server.base_url + RUN_PATH.removeprefix("/api"), {"Authorization": f"Bearer {API_KEY}"}
     with rakerone.Client(api_key=API_KEY, base_url=server.base_url) as client, requests.Session() as session, \
@@ -437,7 +438,7 @@ def _repeat(call: Callable[[], object], times: int) -> int:
 # -- Cold import -----------------------------------------------------------------------
 
 
-def measure_imports(plan: Plan, say: Callable[[str], None]) -> Dict[str, Section]:
+def measure_imports(plan: Plan, say: Callable[[str], None]) -> dict[str, Section]:
     """Wall time of fresh ``python -c`` processes, with bytecode cached as after an install."""
     env = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
     for statement in IMPORTS:  # untimed: writes the bytecode, warms the page cache
@@ -447,7 +448,7 @@ def measure_imports(plan: Plan, say: Callable[[str], None]) -> Dict[str, Section
     return {"import": Section("cold import: a fresh `python -c`, wall time", "ms", 1, timings)}
 
 
-def _run_python(statement: str, env: Dict[str, str]) -> float:
+def _run_python(statement: str, env: dict[str, str]) -> float:
     """Seconds from spawning ``python -c statement`` to its exit (cwd: this rakerone.py comes first)."""
     started = time.perf_counter()
     with time_limit():  # not run(timeout=): its wait polls, rounding every time up
@@ -459,9 +460,9 @@ def _run_python(statement: str, env: Dict[str, str]) -> float:
 # -- Recovery --------------------------------------------------------------------------
 
 
-def measure_recovery(plan: Plan, say: Callable[[str], None]) -> Dict[str, Section]:
+def measure_recovery(plan: Plan, say: Callable[[str], None]) -> dict[str, Section]:
     """Seconds to resume after a dropped connection, and to give up a silent peer."""
-    timings: Dict[str, List[Timing]] = {"resume_s": [], "dead_detect_s": []}
+    timings: dict[str, list[Timing]] = {"resume_s": [], "dead_detect_s": []}
     for index in range(plan.recovery_rounds):
         say(f"recovery: round {index + 1} of {plan.recovery_rounds}")
         with time_limit():
@@ -501,7 +502,7 @@ def _time_dead_detect() -> float:
     The heartbeat runs while the stream is waited on, so a thread watches the fake, then
     revives it and emits an event that ends the wait.
     """
-    detected: List[float] = []
+    detected: list[float] = []
     with _fake_stream(ping_interval=1, ping_timeout=1) as (fake, events):
         def watch() -> None:
             deadline = started + 10
@@ -530,10 +531,10 @@ def _time_dead_detect() -> float:
 
 def run_benchmark(plan: Plan, cpus: tuple, say: Callable[[str], None]) -> dict:
     """Measure every section; a failed one is recorded in ``errors`` and the others still run."""
-    sections: Dict[str, Section] = {}
-    errors: List[str] = []
+    sections: dict[str, Section] = {}
+    errors: list[str] = []
 
-    def attempt(what: str, measure: Callable[[], Dict[str, Section]]) -> None:
+    def attempt(what: str, measure: Callable[[], dict[str, Section]]) -> None:
         try:
             sections.update(measure())
         except Exception as exc:  # report it, go on, exit 1 at the end
@@ -543,7 +544,7 @@ def run_benchmark(plan: Plan, cpus: tuple, say: Callable[[str], None]) -> dict:
     try:
         with running_server(plan, cpus[0]) as server:
             for name in WORKLOADS:
-                attempt(f"stream {name}", lambda: measure_stream(server, plan, name, say))
+                attempt(f"stream {name}", lambda name=name: measure_stream(server, plan, name, say))
             attempt("http", lambda: measure_http(server, plan, say))
     except Exception as exc:  # the server child did not start
         errors.append(f"server: {type(exc).__name__}: {exc}")
@@ -554,7 +555,7 @@ def run_benchmark(plan: Plan, cpus: tuple, say: Callable[[str], None]) -> dict:
             "errors": errors}
 
 
-def judge(figure: Figure, sections: Dict[str, Section]) -> dict:
+def judge(figure: Figure, sections: dict[str, Section]) -> dict:
     """A figure's median [min-max] over rounds and its PASS / MISS / info mark (ERROR if not measured)."""
     judged = {"median": None, "min": None, "max": None, "unit": figure.unit,
               "target": f"{figure.direction} {figure.target:g}" if figure.direction else None, "status": "ERROR"}
@@ -569,7 +570,7 @@ def judge(figure: Figure, sections: Dict[str, Section]) -> dict:
     return judged
 
 
-def summarize(values: List[float]) -> dict:
+def summarize(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
@@ -623,7 +624,7 @@ def _spread(summary: dict, unit: str) -> str:
 # -- Command line ----------------------------------------------------------------------
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_serve"]:
         return serve(argv[1])

@@ -1147,7 +1147,7 @@ def test_idle_timeout_raises_stream_timeout_error(fake, stream_client):
 def test_breaking_out_early_sends_close_1000_and_releases_the_socket(fake, stream_client):
     emit(fake, 1, 2, 3)
 
-    for event in stream_client.iter_run_events(PROJECT, RUN):
+    for _event in stream_client.iter_run_events(PROJECT, RUN):
         break
 
     assert fake.wait_for(lambda: fake.client_close_codes == [1000] and fake.live_connections == 0)
@@ -1157,8 +1157,8 @@ def test_an_exception_in_the_loop_body_also_closes_with_1000(fake, stream_client
     emit(fake, 1)
 
     with pytest.raises(ZeroDivisionError):
-        for event in stream_client.iter_run_events(PROJECT, RUN):
-            1 / 0
+        for _event in stream_client.iter_run_events(PROJECT, RUN):
+            raise ZeroDivisionError("the loop body failed")
 
     assert fake.wait_for(lambda: fake.client_close_codes == [1000])
 
@@ -1947,7 +1947,7 @@ def test_cli_run_wait_polls_when_the_stream_is_refused(fake, cli_env):
     fake.reject_next_connections(1, status=403)
     waiter = subprocess.Popen(rakerone_command() + ["run", "wait", PROJECT, RUN, "--timeout", "20"],
                               env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert fake.wait_for(lambda: ("GET", "/api/projects/%s/playbook-runs/%s" % (PROJECT, RUN))
+    assert fake.wait_for(lambda: ("GET", f"/api/projects/{PROJECT}/playbook-runs/{RUN}")
                          in fake.requests_seen[2:], timeout=10)  # a get_run after the refusal
     fake.update_run(PROJECT, RUN, status="succeeded")
 
@@ -2289,7 +2289,7 @@ def test_cli_json_output_is_utf8_json_in_an_ascii_locale(fake, cli_env):
     fake.update_run(PROJECT, RUN, status="completed", triggeredBy="Zoë ✓ 完了")
     env = dict(cli_env, PYTHONIOENCODING="ascii", LC_ALL="C", LANG="C")
 
-    result = run_shell(env, "{rakerone} run wait %s %s" % (PROJECT, RUN))
+    result = run_shell(env, f"{{rakerone}} run wait {PROJECT} {RUN}")
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.decode("utf-8"))["triggeredBy"] == "Zoë ✓ 完了"
@@ -2303,7 +2303,7 @@ def test_cli_output_that_cannot_be_written_exits_74(fake, cli_env, command, redi
     emit(fake, 1)
     fake.finish_run_stream(PROJECT, RUN)
 
-    result = run_shell(cli_env, "{rakerone} %s %s %s %s" % (command, PROJECT, RUN, redirect))
+    result = run_shell(cli_env, f"{{rakerone}} {command} {PROJECT} {RUN} {redirect}")
 
     assert result.returncode == 74, result.stderr
     assert b"could not write the output" in result.stderr and b"Traceback" not in result.stderr
@@ -2313,7 +2313,7 @@ def test_cli_output_that_cannot_be_written_exits_74(fake, cli_env, command, redi
 def test_cli_run_wait_keeps_a_failed_runs_exit_code_when_stdout_is_gone(fake, cli_env, redirect):
     fake.update_run(PROJECT, RUN, status="failed", padding="x" * 200_000)  # more than a pipe holds
 
-    result = run_shell(cli_env, "set -o pipefail; {rakerone} run wait %s %s %s" % (PROJECT, RUN, redirect))
+    result = run_shell(cli_env, f"set -o pipefail; {{rakerone}} run wait {PROJECT} {RUN} {redirect}")
 
     assert result.returncode == 1, result.stderr
 
