@@ -2673,7 +2673,7 @@ def run_pytest(tmp_path, test_source: str, *python_prefix: str) -> subprocess.Co
 def readme_fake_example() -> str:
     """The Python example of README's section on testing with the fake, as written."""
     with open(os.path.join(os.path.dirname(__file__), "README.md"), encoding="utf-8") as readme:
-        section = readme.read().split("## Test your own code with the fake", 1)[1].split("\n## ", 1)[0]
+        section = readme.read().split("## Testing your code with the fake", 1)[1].split("\n## ", 1)[0]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
