@@ -169,7 +169,7 @@ class APIError(RakerOneError):
         *,
         status_code: Optional[int] = None,
         code: Optional[str] = None,
-        issues: tuple = (),
+        issues: tuple[Any, ...] = (),
         request_id: Optional[str] = None,
         response: Optional[requests.Response] = None,
         body: Any = None,
@@ -358,7 +358,7 @@ class _WrongShape(TypeError):
     """Internal: a server's JSON is not of the shape a model needs."""
 
 
-def _require_mapping(data: Any, what: str) -> Mapping:
+def _require_mapping(data: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise _WrongShape(f"{what} must be a JSON object, not {type(data).__name__}")
     return data
@@ -377,7 +377,7 @@ class RunStep:
     status: Optional[str] = None
     started_at: Optional[datetime.datetime] = None
     finished_at: Optional[datetime.datetime] = None
-    raw: dict = attrs.field(factory=dict, repr=False)
+    raw: dict[str, Any] = attrs.field(factory=dict, repr=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunStep:
@@ -409,9 +409,9 @@ class PlaybookRun:
     started_at: Optional[datetime.datetime] = None
     finished_at: Optional[datetime.datetime] = None
     triggered_by: Optional[str] = None
-    steps: Tuple[RunStep, ...] = ()
-    metadata: dict = attrs.field(factory=dict)
-    raw: dict = attrs.field(factory=dict, repr=False)
+    steps: tuple[RunStep, ...] = ()
+    metadata: dict[str, Any] = attrs.field(factory=dict)
+    raw: dict[str, Any] = attrs.field(factory=dict, repr=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PlaybookRun:
@@ -459,7 +459,7 @@ class WsTicket:
     expires_at: Optional[datetime.datetime] = None
     expires_in_seconds: Optional[float] = None
     ws_url: Optional[str] = attrs.field(default=None, repr=False)
-    raw: dict = attrs.field(factory=dict, repr=False)
+    raw: dict[str, Any] = attrs.field(factory=dict, repr=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WsTicket:
@@ -1136,12 +1136,13 @@ class Client:
     def _get_run(self, path: str, deadline: Optional[float] = None) -> PlaybookRun:
         payload = self._request("GET", path, deadline=deadline)
         run = payload.get("run") if isinstance(payload, dict) else None
-        return self._parse(PlaybookRun.from_dict, run, f"GET {path}", payload)
+        parsed: PlaybookRun = self._parse(PlaybookRun.from_dict, run, f"GET {path}", payload)
+        return parsed
 
     def _mint_ticket(self, path: str, deadline: Optional[float] = None) -> WsTicket:
         # Minting is documented as safe to repeat: a lost answer only wastes a ticket.
-        ticket = self._parse(WsTicket.from_dict, self._request("POST", path, deadline=deadline,
-                                                               resend_unsafe=True), f"POST {path}")
+        ticket: WsTicket = self._parse(WsTicket.from_dict, self._request(
+            "POST", path, deadline=deadline, resend_unsafe=True), f"POST {path}")
         self._secrets.append(ticket.ticket)
         return ticket
 
@@ -2348,7 +2349,7 @@ class _UsageError(Exception):
     """Internal: a command's arguments are unusable; exit 2 with this message."""
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     """Run the ``rakerone`` command; return its exit code."""
     import argparse
 
@@ -2357,20 +2358,21 @@ def main(argv: Optional[list] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 for --help / --version
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler: Callable[[Client, Any], int] = args.handler
     if args.verbose:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
+        log_handler = logging.StreamHandler(sys.stderr)
+        log_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logger.addHandler(log_handler)
         logger.setLevel(logging.DEBUG)
     secrets: Any = [os.environ.get(API_KEY_ENV)]
     try:
         with Client(base_url=args.base_url, timeout=args.request_timeout) as client:
             secrets = client._secrets
-            return args.handler(client, args)
+            return handler(client, args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except _OutputFailed as failed:
-        return _output_failed(failed, quiet=failed.reader_left and args.handler in _STREAMING_COMMANDS)
+        return _output_failed(failed, quiet=failed.reader_left and handler in _STREAMING_COMMANDS)
     except _UsageError as exc:
         _say(f"rakerone: {exc}")
         return EXIT_USAGE
@@ -2378,7 +2380,7 @@ def main(argv: Optional[list] = None) -> int:
         if args.verbose:
             logger.exception("failed")
         _say(f"rakerone: {exc}")
-        if args.handler is _cmd_api and isinstance(exc, APIError) and exc.body is not None:
+        if handler is _cmd_api and isinstance(exc, APIError) and exc.body is not None:
             _say(_redact(json.dumps(exc.body, ensure_ascii=False), *secrets))
         return _exit_code(exc)
     except Exception as exc:  # noqa: BLE001 - a bug must never pass for a run's outcome
