@@ -1601,6 +1601,17 @@ def test_a_control_frame_over_125_bytes_is_refused_before_its_payload(no_leaks):
             next(client.iter_run_events(PROJECT, RUN, max_outage=0))
 
 
+@pytest.mark.parametrize("options", [
+    {"max_outage": -1}, {"max_outage": float("nan")}, {"max_outage": float("inf")}, {"max_outage": True},
+    {"max_outage": "60"}, {"max_message_bytes": 0}, {"max_message_bytes": 1.5}, {"max_message_bytes": None},
+])
+def test_unusable_outage_budgets_and_size_limits_are_refused_before_any_traffic(fake, stream_client, options):
+    with pytest.raises(rakerone.ConfigurationError, match=next(iter(options))):
+        stream_client.iter_run_events(PROJECT, RUN, **options)
+
+    assert fake.requests_seen == []
+
+
 # -- Command line ----------------------------------------------------------------------
 # The `rakerone` command as a real subprocess against the fake.
 
