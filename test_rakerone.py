@@ -1536,9 +1536,6 @@ def test_the_outage_budget_runs_on_real_time_and_the_error_says_how_long(fake):
 
 
 def test_retry_after_on_a_refused_upgrade_is_honoured(no_leaks, sleeps):
-    if not hasattr(rakerone.ServerError("probe"), "retry_after"):
-        pytest.skip("needs retry_after on every APIError (the HTTP section's change)")
-
     def accept_and_finish(conn):
         conn.accept()
         conn.send(event_frame(1) + CLOSE_1000)
@@ -1818,6 +1815,67 @@ def test_a_stream_carried_into_a_forked_child_raises_there_and_leaves_the_parent
     assert next(events).id == "e2"  # the parent's stream is untouched
     assert fake.client_close_codes == []
     events.close()
+
+
+def sized_message(n: int, payload_bytes: int) -> dict:
+    """A message whose JSON is exactly ``payload_bytes`` long."""
+    padding = payload_bytes - len(json.dumps({"id": f"e{n}", "data": ""}))
+    return {"id": f"e{n}", "data": "x" * padding}
+
+
+def test_frames_cut_anywhere_by_a_tiny_read_buffer_decode_exactly(no_leaks, monkeypatch):
+    monkeypatch.setattr(rakerone, "READ_AHEAD_BYTES", 61)
+    # After a payload too long for the buffer, the next read starts at its beginning, so
+    # each cycle lands the same cuts at its 61st byte: a second frame one byte short (28 B,
+    # then 34 B), a first one a byte short (62 B), a 4-byte header cut after 2 (59 B before
+    # it), and a masked 14-byte header cut after 6 (55 B before it).
+    cycle = [(26, False), (32, False), (60, False), (57, False), (200, False), (53, False), (70_000, True)]
+    messages, wire = [], b""
+    for n, (payload_bytes, masked) in enumerate(cycle * 4):
+        messages.append(sized_message(n, payload_bytes))
+        wire += frame(OPCODE_TEXT, json.dumps(messages[-1]).encode(), masked=masked)
+    for n in range(len(messages), len(messages) + 40):  # then assorted sizes, a ping now and then
+        messages.append(sized_message(n, random.Random(n).choice([30, 59, 61, 62, 63, 126, 127, 300, 66_000])))
+        wire += frame(OPCODE_TEXT, json.dumps(messages[-1]).encode()) + (frame(OPCODE_PING, b"p") if n % 7 == 0 else b"")
+    chunks = random.Random(7)
+
+    def send(conn):
+        conn.accept()
+        half = wire.index(frame(OPCODE_TEXT, json.dumps(messages[len(cycle) * 4]).encode()))
+        conn.send(wire[:half])  # at once: every read fills the buffer
+        start = half
+        while start < len(wire):  # then in odd pieces, with pauses
+            end = start + chunks.randint(1, 97)
+            conn.send(wire[start:end] + (CLOSE_1000 if end >= len(wire) else b""))
+            start = end
+            if chunks.random() < 0.05:
+                time.sleep(0.002)
+
+    with RawPeer(send) as peer, peer.client() as client:
+        events = list(client.iter_run_events(PROJECT, RUN, max_outage=0))
+
+    assert [event.raw for event in events] == messages
+
+
+def test_a_control_frame_over_125_bytes_is_refused_before_its_payload(no_leaks):
+    def announce_a_huge_ping(conn):
+        conn.accept()
+        conn.send(bytes([0x89, 0x7F]) + (1024**3).to_bytes(8, "big") + b"p" * 1000)
+
+    with RawPeer(announce_a_huge_ping) as peer, peer.client() as client:
+        with pytest.raises(rakerone.StreamDisconnectedError, match="a control frame of 1,073,741,824 bytes"):
+            next(client.iter_run_events(PROJECT, RUN, max_outage=0))
+
+
+@pytest.mark.parametrize("options", [
+    {"max_outage": -1}, {"max_outage": float("nan")}, {"max_outage": float("inf")}, {"max_outage": True},
+    {"max_outage": "60"}, {"max_message_bytes": 0}, {"max_message_bytes": 1.5}, {"max_message_bytes": None},
+])
+def test_unusable_outage_budgets_and_size_limits_are_refused_before_any_traffic(fake, stream_client, options):
+    with pytest.raises(rakerone.ConfigurationError, match=next(iter(options))):
+        stream_client.iter_run_events(PROJECT, RUN, **options)
+
+    assert fake.requests_seen == []
 
 
 # -- Command line ----------------------------------------------------------------------
