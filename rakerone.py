@@ -1722,11 +1722,14 @@ class _Reconnects:
         self._opened_at = time.monotonic()
 
     def closed(self, new_events: int) -> None:
-        """The connection ended; note whether it worked."""
+        """The connection ended; note whether it worked. Only new events clear a
+        refused ticket: a server that accepts each ticket and refuses it a moment
+        later must not get a fresh one every half second for ever."""
         if new_events or time.monotonic() - self._opened_at >= CONNECTION_WORKS_AFTER:
             self._outage_started = None
             self._failures = 0
             self._has_worked = True
+        if new_events:
             self._ticket_refused = False
 
     def delay_after(self, lost: _ConnectionLost) -> float:

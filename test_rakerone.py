@@ -1597,6 +1597,26 @@ def test_a_ticket_refused_twice_in_a_row_raises_authentication_error_naming_the_
     assert fake.tickets_minted == 2 and fake.connections == 1
 
 
+def test_tickets_refused_again_after_a_quiet_connection_raise_instead_of_looping(fake, stream_client):
+    emit(fake, 1)
+    events = stream_client.iter_run_events(PROJECT, RUN, idle_timeout=5)
+    next(events)
+
+    def refuse_twice() -> None:
+        fake.close_streams(4401)  # the first ticket expires; the stream gets a fresh one...
+        fake.wait_for(lambda: fake.connections == 2)
+        time.sleep(0.8)  # ...whose connection stays up, quiet (e1 is replayed, not new)...
+        fake.close_streams(4401)  # ...and is refused too
+
+    refuser = threading.Thread(target=refuse_twice)
+    refuser.start()
+    with pytest.raises(rakerone.AuthenticationError, match="twice in a row"):
+        next(events)
+    refuser.join()
+
+    assert fake.tickets_minted == 2
+
+
 def test_a_refused_ticket_mint_raises_authentication_error_naming_the_key(fake, stream_client):
     emit(fake, 1)
     events = stream_client.iter_run_events(PROJECT, RUN, idle_timeout=5)
