@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, Callable, Iterable, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Tuple, Union, cast
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
 
 import attrs
@@ -1412,7 +1412,7 @@ class Client:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         reconnect: Any = _NOT_GIVEN,
         max_reconnects: Any = _NOT_GIVEN,
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None, None]:
         """Yield the run's live events, each exactly once, until the server ends the stream.
 
         Every connection mints a fresh ticket; an event whose id was already yielded is
@@ -1445,7 +1445,7 @@ class Client:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         reconnect: Any = _NOT_GIVEN,
         max_reconnects: Any = _NOT_GIVEN,
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None, None]:
         """Yield the brief's shaping-log entries live; behaves as ``iter_run_events``."""
         path = self._brief_path(project_id, brief_id)
         settings = _StreamSettings.checked(
@@ -1454,10 +1454,11 @@ class Client:
             max_reconnects=max_reconnects)
         return self._iter_events(path, lambda: self.mint_brief_ticket(project_id, brief_id), settings)
 
-    def _iter_events(self, path: str, mint_ticket: Callable[[], WsTicket], settings: _StreamSettings) -> Iterator[Event]:
+    def _iter_events(self, path: str, mint_ticket: Callable[[], WsTicket], settings: _StreamSettings,
+                     ) -> Generator[Event, None, None]:
         seen = _RecentIds(DEDUPE_WINDOW)
         reconnects = _Reconnects(path, settings)
-        minted: list = []  # the ticket of the current attempt, once minted
+        minted: list[WsTicket] = []  # the ticket of the current attempt, once minted
 
         def mint() -> WsTicket:
             minted.append(mint_ticket())
@@ -1484,7 +1485,7 @@ class Client:
                 yield from reader.events(seen)
                 return
             except (_ConnectionLost, _TicketRefused) as exc:
-                ended: Exception = exc
+                ended: Union[_ConnectionLost, _TicketRefused] = exc
             finally:
                 _close_socket(ws, polite=_forks == reader.born)
             reconnects.closed(reader.new_events)
@@ -1780,19 +1781,20 @@ class _RecentIds:
     """
 
     def __init__(self, size: int) -> None:
-        self._ids: collections.OrderedDict = collections.OrderedDict()
+        self._ids: collections.OrderedDict[Union[str, bytes], None] = collections.OrderedDict()
         self._size = size
 
     def add(self, event_id: str) -> bool:
         """Remember the id; False when it was already there."""
+        key: Union[str, bytes] = event_id
         if len(event_id) > DEDUPE_DIGEST_ABOVE:
             import hashlib
 
-            event_id = hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            key = hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
         ids = self._ids
-        if event_id in ids:
+        if key in ids:
             return False
-        ids[event_id] = None
+        ids[key] = None
         if len(ids) > self._size:
             ids.popitem(last=False)
         return True
@@ -1849,7 +1851,7 @@ class _ConnectionReader:
         ws.max_message_bytes = settings.max_message_bytes
         ws.set_wake_time(self._next_wake())
 
-    def events(self, seen: _RecentIds) -> Iterator[Event]:
+    def events(self, seen: _RecentIds) -> Generator[Event, None, None]:
         """Yield the events not ``seen`` before; return on close 1000, raise
         _ConnectionLost on a drop. ``new_events`` counts what was yielded."""
         import websocket
@@ -1920,7 +1922,11 @@ class _ConnectionReader:
         return due
 
 
-@functools.lru_cache(maxsize=None)
+#: A frame header as read: first byte, payload length, mask key (None: unmasked).
+_FrameHeader = tuple[int, int, Optional[bytes]]
+
+
+@functools.cache
 def _read_ahead_websocket_class() -> type:
     """websocket-client's WebSocket with a faster, bounded frame reader.
 
@@ -1953,13 +1959,13 @@ def _read_ahead_websocket_class() -> type:
         #: The largest message accepted, fragments included; more is refused with close 1009.
         max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
 
-        def __init__(self, *args: Any, skip_utf8_validation: bool = False, **options: Any) -> None:
-            super().__init__(*args, skip_utf8_validation=skip_utf8_validation, **options)
+        def __init__(self, *, skip_utf8_validation: bool = False, **options: Any) -> None:
+            super().__init__(skip_utf8_validation=skip_utf8_validation, **options)
             self._skip_utf8_validation = skip_utf8_validation
             self._buffer = bytearray(READ_AHEAD_BYTES)
             self._view = memoryview(self._buffer)
             self._start = self._end = 0  # the bytes read and not yet parsed: _buffer[_start:_end]
-            self._header: Optional[tuple] = None  # (first byte, length, mask key) of a frame being read
+            self._header: Optional[_FrameHeader] = None  # (first byte, length, mask key) of a frame being read
             self._payload: Optional[bytearray] = None  # a long payload read into its own buffer
             self._payload_view: Optional[memoryview] = None
             self._filled = 0
@@ -1995,7 +2001,9 @@ def _read_ahead_websocket_class() -> type:
                 if (first == 0x81 or first == 0x82) and payload_end <= end and length <= self.max_message_bytes:
                     self._start = payload_end
                     self._message_bytes = length
-                    frame = ABNF(1, 0, 0, 0, first & 0x0F, 0, buffer[payload_start:payload_end])
+                    # A bytearray, as websocket-client's own frames are not: joining fragments
+                    # then appends in place, and ABNF and validate() take it as they do bytes.
+                    frame = ABNF(1, 0, 0, 0, first & 0x0F, 0, cast(bytes, buffer[payload_start:payload_end]))
                     frame.validate(self._skip_utf8_validation)
                     return frame
             return self._recv_any_frame()
@@ -2004,19 +2012,19 @@ def _read_ahead_websocket_class() -> type:
             if self._header is None:
                 self._header = self._read_header()
             first, length, mask_key = self._header
-            payload = self._read_payload(length)
+            payload: Union[bytes, bytearray] = self._read_payload(length)
             self._header = None
             opcode = first & 0x0F
             if mask_key is not None:  # servers must not mask; websocket-client unmasks anyway
-                payload = ABNF.mask(mask_key, payload)
+                payload = ABNF.mask(mask_key, bytes(payload))
             elif opcode >= _OPCODE_CLOSE:
                 payload = bytes(payload)  # as websocket-client's close and pong code expect
             frame = ABNF(first >> 7, first >> 6 & 1, first >> 5 & 1, first >> 4 & 1, opcode,
-                         int(mask_key is not None), payload)
+                         int(mask_key is not None), cast(bytes, payload))
             frame.validate(self._skip_utf8_validation)
             return frame
 
-        def _read_header(self) -> tuple:
+        def _read_header(self) -> _FrameHeader:
             self._fill(2)
             first, second = self._buffer[self._start], self._buffer[self._start + 1]
             length = second & 0x7F
@@ -2076,6 +2084,7 @@ def _read_ahead_websocket_class() -> type:
                 self._payload_view = memoryview(self._payload)
                 self._filled, self._start, self._end = available, 0, 0
             payload, view = self._payload, self._payload_view
+            assert payload is not None and view is not None
             while self._filled < length:
                 self._filled += self._read_into(view[self._filled:], True)
             view.release()  # or the payload could not grow when websocket-client joins fragments
@@ -2300,18 +2309,19 @@ def request(method: str, path: str, *ids: Id, params: Optional[Mapping[str, Any]
         return client.request(method, path, *ids, params=params, json=json)
 
 
-def iter_run_events(project_id: Id, run_id: Id, **options: Any) -> Iterator[Event]:
+def iter_run_events(project_id: Id, run_id: Id, **options: Any) -> Generator[Event, None, None]:
     """Follow a run's events with a client built from the environment; options as
     for ``Client.iter_run_events``. The client is closed when the loop ends."""
     return _iter_with_own_client(lambda client: client.iter_run_events(project_id, run_id, **options))
 
 
-def iter_brief_events(project_id: Id, brief_id: Id, **options: Any) -> Iterator[Event]:
+def iter_brief_events(project_id: Id, brief_id: Id, **options: Any) -> Generator[Event, None, None]:
     """Follow a brief's shaping log with a client built from the environment."""
     return _iter_with_own_client(lambda client: client.iter_brief_events(project_id, brief_id, **options))
 
 
-def _iter_with_own_client(start: Callable[[Client], Iterator[Event]]) -> Iterator[Event]:
+def _iter_with_own_client(
+        start: Callable[[Client], Generator[Event, None, None]]) -> Generator[Event, None, None]:
     client = Client()
     try:
         events = start(client)  # checks the arguments now, not at the first next()
@@ -2321,7 +2331,7 @@ def _iter_with_own_client(start: Callable[[Client], Iterator[Event]]) -> Iterato
     return _closing_client(client, events)
 
 
-def _closing_client(client: Client, events: Iterator[Event]) -> Iterator[Event]:
+def _closing_client(client: Client, events: Iterator[Event]) -> Generator[Event, None, None]:
     with client:
         yield from events
 
