@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
+import gzip
+import http.server
 import json
 import logging
 import os
 import pty
 import random
+import resource
+import select
+import selectors
 import shlex
 import shutil
 import signal
 import socket
+import socketserver
 import ssl
 import subprocess
 import sys
 import threading
 import time
 import traceback
+import urllib.parse
 import uuid
 
 import h11
@@ -1158,6 +1166,392 @@ def test_module_level_stream_shortcut_uses_the_environment(fake, monkeypatch):
     fake.finish_run_stream(PROJECT, RUN)
 
     assert [event.id for event in rakerone.iter_run_events(PROJECT, RUN)] == ["e1", "e2"]
+
+
+# -- Where users run it: fork, threads, sessions, proxies ------------------------------
+# Real servers on 127.0.0.1: the fake, a small scripted HTTP/1.1 peer for answers the
+# fake cannot give (drips, broken framing, compression, echoed headers), and a small
+# HTTP proxy (CONNECT tunnels and forward requests, or 407 for every one).
+
+ODD_KEY = "sk-live-Zq8w9e7r6t5y4u3i"  # distinctive, so any trace of it in a text is a leak
+
+
+class ScriptedPeer:
+    """An HTTP/1.1 server on 127.0.0.1 answering each request with ``answer(handler)``.
+
+    It keeps every request's method, path and headers; ``stop()`` cuts every open
+    connection and joins every thread it started.
+    """
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.requests: list = []
+        self.stopping = threading.Event()
+        self._sockets: set = set()
+        self._lock = threading.Lock()
+        peer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                with peer._lock:
+                    peer._sockets.add(self.request)
+                super().setup()
+
+            def handle_one_request(self):
+                if not peer.stopping.is_set():
+                    super().handle_one_request()
+                else:
+                    self.close_connection = True
+
+            def do_GET(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                with peer._lock:
+                    peer.requests.append((self.command, self.path, dict(self.headers)))
+                try:
+                    peer.answer(self)
+                except OSError:  # the client went away: that is its right
+                    self.close_connection = True
+
+            do_POST = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = False
+            block_on_close = True  # server_close() joins every request thread
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="scripted-peer")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/api"
+
+    def __enter__(self) -> ScriptedPeer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stopping.set()
+        self._server.shutdown()
+        self._thread.join()
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._server.server_close()
+
+
+def answer_json(handler, body, status=200, headers=()) -> None:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    for name, value in headers:
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def answer_run(handler) -> None:
+    """Each run id answered with a run of that id (so a mixed-up answer shows)."""
+    answer_json(handler, {"run": {"id": handler.path.rsplit("/", 1)[1], "status": "running"}})
+
+
+class LoopbackProxy:
+    """An HTTP proxy on 127.0.0.1 for loopback targets only: CONNECT tunnels, and plain
+    requests in absolute form forwarded as they are; both spliced both ways.
+
+    ``refuse_from`` (a count of requests already served) makes it answer 407 from then on.
+    """
+
+    def __init__(self, refuse_from=None) -> None:
+        self.refuse_from = refuse_from
+        self.tunnels = self.forwards = self.refusals = 0
+        self._lock = threading.Lock()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.05)
+        self._stopping = threading.Event()
+        self._sockets: set = set()
+        self._threads: list = []
+        self._thread = threading.Thread(target=self._accept, name="loopback-proxy")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    @property
+    def hits(self) -> int:
+        return self.tunnels + self.forwards + self.refusals
+
+    def __enter__(self) -> LoopbackProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stopping.set()
+        self._thread.join()
+        with self._lock:
+            sockets, threads = list(self._sockets), list(self._threads)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in threads:
+            thread.join()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            thread = threading.Thread(target=self._serve, args=(conn,), name="loopback-proxy-conn")
+            with self._lock:
+                self._sockets.add(conn)
+                self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        opened = [conn]
+        try:
+            self._relay(conn, opened)
+        except OSError:
+            pass
+        finally:
+            for sock in opened:
+                sock.close()
+
+    def _relay(self, conn: socket.socket, opened: list) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 65536:
+            data = conn.recv(65536)
+            if not data:
+                return
+            head += data
+        method, target = head.split(b" ", 2)[:2]
+        with self._lock:
+            refuse = self.refuse_from is not None and self.hits >= self.refuse_from
+            if refuse:
+                self.refusals += 1
+            elif method == b"CONNECT":
+                self.tunnels += 1
+            else:
+                self.forwards += 1
+        if refuse:
+            conn.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"t\"\r\n"
+                         b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        if method == b"CONNECT":
+            host, port = target.decode().rsplit(":", 1)
+            rest = head.split(b"\r\n\r\n", 1)[1]
+        else:
+            parts = urllib.parse.urlsplit(target.decode())
+            host, port, rest = parts.hostname, parts.port or 80, head
+        if host not in ("127.0.0.1", "localhost"):
+            return  # tests only ever talk to loopback
+        upstream = socket.create_connection(("127.0.0.1", int(port)), timeout=5)
+        opened.append(upstream)
+        with self._lock:
+            self._sockets.add(upstream)
+        if method == b"CONNECT":
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        if rest:
+            upstream.sendall(rest)
+        self._splice(conn, upstream)
+
+    def _splice(self, one: socket.socket, other: socket.socket) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(one, selectors.EVENT_READ, other)
+            selector.register(other, selectors.EVENT_READ, one)
+            while not self._stopping.is_set():
+                for key, _ in selector.select(0.05):
+                    try:
+                        data = key.fileobj.recv(65536)
+                        if not data:
+                            return
+                        key.data.sendall(data)
+                    except OSError:
+                        return
+
+
+def run_children(count: int, work, timeout: float = 30.0) -> list:
+    """Fork ``count`` children, start them together, and return what each ``work(index)``
+    returned (JSON), or ``"died"``; a child still running at ``timeout`` is killed."""
+    go_read, go_write = os.pipe()
+    children = []
+    try:
+        for index in range(count):
+            result_read, result_write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: never return into pytest
+                status = 1
+                try:
+                    os.close(go_write)
+                    os.read(go_read, 1)
+                    os.write(result_write, json.dumps(work(index)).encode())
+                    status = 0
+                finally:
+                    os._exit(status)
+            os.close(result_write)
+            children.append((pid, result_read))
+        os.write(go_write, b"go" * count)
+        deadline = time.monotonic() + timeout
+        return [read_child(pid, fd, deadline) for pid, fd in children]
+    finally:
+        os.close(go_read)
+        os.close(go_write)
+        for pid, fd in children:
+            os.close(fd)
+            if os.waitpid(pid, os.WNOHANG) == (0, 0):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)  # every child is reaped, none outlives the test
+
+
+def read_child(pid: int, fd: int, deadline: float):
+    data = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+        if not ready:
+            return "timed out"
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return json.loads(data) if data else "died"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
+def test_forked_children_never_get_each_others_answers(no_leaks):
+    def calls_in_threads(child):  # 50 calls: 5 threads of 10, from the first one after the fork
+        results = {}
+
+        def calls(thread):
+            for call in range(10):
+                run_id = f"child{child}_{thread * 10 + call}"
+                try:
+                    results[run_id] = client.get_run(PROJECT, run_id).id
+                except rakerone.RakerOneError as exc:
+                    results[run_id] = type(exc).__name__
+        threads = [threading.Thread(target=calls, args=(thread,)) for thread in range(5)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results
+
+    with ScriptedPeer(answer_run) as peer, \
+            rakerone.Client(ODD_KEY, base_url=peer.base_url, timeout=10, max_retries=0) as client:
+        assert client.get_run(PROJECT, "parent_0").id == "parent_0"  # a pooled connection to inherit
+
+        started = time.monotonic()
+        results = run_children(4, calls_in_threads)
+        elapsed = time.monotonic() - started
+
+        assert client.get_run(PROJECT, "parent_1").id == "parent_1"
+    wrong = {run_id: got for result in results if isinstance(result, dict)
+             for run_id, got in result.items() if got != run_id}
+    assert [len(result) if isinstance(result, dict) else result for result in results] == [50] * 4
+    assert wrong == {}
+    print(f"fork: 4 children x 50 get_run in {elapsed:.2f} s")
+
+
+#: A server for volume: one process (so it has a core of its own), one selector loop,
+#: the same answer to every request on every connection; on stdin's end it prints how
+#: many requests it served, and exits.
+CANNED_SERVER = r'''
+import json, selectors, socket, sys
+body = sys.argv[1].encode()
+answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(64)
+listener.setblocking(False)
+selector = selectors.DefaultSelector()
+selector.register(listener, selectors.EVENT_READ)
+selector.register(sys.stdin, selectors.EVENT_READ)
+print(listener.getsockname()[1], flush=True)
+pending, served = {}, 0
+while True:
+    for key, _ in selector.select():
+        if key.fileobj is sys.stdin:
+            print(served, flush=True)
+            raise SystemExit(0)
+        if key.fileobj is listener:
+            conn, _ = listener.accept()
+            selector.register(conn, selectors.EVENT_READ)
+            pending[conn] = b""
+            continue
+        conn = key.fileobj
+        data = conn.recv(65536)
+        if not data:
+            selector.unregister(conn)
+            conn.close()
+            continue
+        requests = (pending[conn] + data).split(b"\r\n\r\n")
+        pending[conn] = requests.pop()
+        served += len(requests)
+        conn.setblocking(True)
+        conn.sendall(answer * len(requests))
+        conn.setblocking(False)
+'''
+
+
+@contextlib.contextmanager
+def canned_server(body: dict):
+    """Serve ``body`` as JSON to every request; yield (base URL, a function giving the
+    count of requests served, after the with block)."""
+    server = subprocess.Popen([sys.executable, "-c", CANNED_SERVER, json.dumps(body)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    served = []
+    try:
+        port = int(server.stdout.readline())
+        yield f"http://127.0.0.1:{port}/api", lambda: served[0]
+    finally:
+        server.stdin.close()
+        served.append(int(server.stdout.readline() or -1))
+        server.stdout.close()
+        server.wait(timeout=10)
+
+
+def test_sixteen_threads_share_one_client_without_errors_or_pool_warnings(no_leaks, caplog):
+    errors = []
+
+    def calls():
+        for _ in range(1000):
+            try:
+                assert client.get_run(PROJECT, RUN).id == RUN
+            except Exception as exc:  # noqa: BLE001 - counted, whatever it is
+                errors.append(repr(exc))
+
+    caplog.set_level(logging.WARNING, logger="urllib3")
+    with canned_server({"run": {"id": RUN, "status": "running"}}) as (base_url, served), \
+            rakerone.Client(ODD_KEY, base_url=base_url, timeout=10) as client:
+        threads = [threading.Thread(target=calls) for _ in range(16)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - started
+
+    assert errors == []
+    assert served() == 16_000
+    assert "Connection pool is full" not in caplog.text
+    print(f"threads: 16 x 1,000 get_run in {elapsed:.2f} s")
 
 
 # -- Command line ----------------------------------------------------------------------
