@@ -1188,6 +1188,10 @@ class Client:
                                               timeout=timeout, **route)
             except _Redirected as redirected:
                 response = redirected.response
+            except requests.HTTPError as raised:  # a session hook's raise_for_status()
+                if raised.response is None:
+                    raise
+                response = raised.response  # judged below like any other answer
             attempt.connection = attempt.connection or getattr(response.raw, "connection", None)
             content = self._read_body(response, what)
         except requests.RequestException as exc:
@@ -1525,10 +1529,17 @@ def _socket_sslopt(route: Mapping[str, Any]) -> dict:
 
 
 def _socket_proxy_options(url: str, proxies: Mapping[str, str]) -> dict:
-    """websocket-client proxy options for the proxy requests would use for this URL."""
+    """websocket-client proxy options for exactly the proxy requests would use for this
+    URL, or for none: websocket-client must not decide again from the environment or
+    its own defaults (a session with ``trust_env=False`` means no environment at all).
+
+    websocket-client reads ``http_no_proxy`` only along with a proxy host, so "no
+    proxy" is a host it never contacts with every host exempt, and a chosen proxy
+    comes with an exemption list that matches no host.
+    """
     proxy = requests.utils.select_proxy(_as_http(url), proxies)
     if not proxy:
-        return {"http_no_proxy": ["*"]}  # and stop websocket-client reading the env itself
+        return {"http_proxy_host": "unused.invalid", "http_proxy_port": 9, "http_no_proxy": ["*"]}
     parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
     if parts.scheme not in _PROXY_TYPES:
         raise StreamError(f"websocket-client cannot use a {parts.scheme!r} proxy; "
@@ -1537,6 +1548,7 @@ def _socket_proxy_options(url: str, proxies: Mapping[str, str]) -> dict:
         "proxy_type": parts.scheme,
         "http_proxy_host": parts.hostname,
         "http_proxy_port": parts.port or 80,
+        "http_no_proxy": ["unused.invalid"],
     }
     if parts.username:
         options["http_proxy_auth"] = (unquote(parts.username), unquote(parts.password or ""))

@@ -1554,6 +1554,92 @@ def test_sixteen_threads_share_one_client_without_errors_or_pool_warnings(no_lea
     print(f"threads: 16 x 1,000 get_run in {elapsed:.2f} s")
 
 
+class CountingAdapter(requests.adapters.HTTPAdapter):
+    """A user's own adapter: counts what it sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sends = 0
+
+    def send(self, request, **kwargs):
+        self.sends += 1
+        return super().send(request, **kwargs)
+
+
+def answer_run_with_a_cookie(handler) -> None:
+    answer_json(handler, {"run": {"id": RUN, "status": "running"}}, headers=[("Set-Cookie", "visit=v1; Path=/")])
+
+
+def test_a_session_passed_in_runs_its_hooks_and_keeps_its_cookies(no_leaks):
+    seen = []
+    with requests.Session() as session, ScriptedPeer(answer_run_with_a_cookie) as peer:
+        session.hooks["response"].append(lambda response, **_: seen.append(response.status_code))
+        with rakerone.Client(ODD_KEY, base_url=peer.base_url, session=session) as client:
+            client.get_run(PROJECT, RUN)
+            client.get_run(PROJECT, RUN)
+
+    assert seen == [200, 200]
+    assert session.cookies.get("visit") == "v1"
+    assert [headers.get("Cookie") for _, _, headers in peer.requests] == [None, "visit=v1"]
+
+
+def test_an_adapter_mounted_after_the_client_was_made_carries_its_requests(no_leaks):
+    adapter = CountingAdapter()
+    with requests.Session() as session, ScriptedPeer(answer_run) as peer:
+        with rakerone.Client(ODD_KEY, base_url=peer.base_url, session=session) as client:
+            session.mount(peer.base_url, adapter)
+            client.get_run(PROJECT, RUN)
+
+    assert adapter.sends == 1 and len(peer.requests) == 1
+
+
+def test_a_session_hook_that_raises_for_status_still_gives_our_error_class_once(no_leaks):
+    with requests.Session() as session, ScriptedPeer(lambda handler: answer_json(
+            handler, {"error": "not_found", "message": "no such run"}, status=404)) as peer:
+        session.hooks["response"].append(lambda response, **_: response.raise_for_status())
+        with rakerone.Client(ODD_KEY, base_url=peer.base_url, session=session) as client:
+            with pytest.raises(rakerone.NotFoundError, match="no such run"):
+                client.get_run(PROJECT, RUN)
+
+    assert len(peer.requests) == 1
+
+
+def test_the_session_ca_bundle_is_trusted_by_http_and_stream_without_client_verify(tls_fake):
+    fake, ca_bundle = tls_fake
+    with requests.Session() as session:
+        session.verify = ca_bundle
+        with rakerone.Client(fake.api_key, base_url=fake.base_url, session=session) as client:
+            assert client.get_run(PROJECT, RUN).status == "running"
+            assert [event.id for event in client.iter_run_events(PROJECT, RUN)] == ["e1"]
+
+
+def test_an_explicit_client_verify_wins_over_the_session_verify(tls_fake, sleeps):
+    fake, ca_bundle = tls_fake
+    with requests.Session() as session:
+        session.verify = False  # would trust anything
+        with rakerone.Client(fake.api_key, base_url=fake.base_url, session=session, verify=True) as client:
+            client._sleep = sleeps.append
+            with pytest.raises(rakerone.APIConnectionError, match="TLS failed"):
+                client.get_run(PROJECT, RUN)
+            with pytest.raises(rakerone.RakerOneError, match="TLS failed"):
+                next(client.iter_run_events(PROJECT, RUN))
+        session.verify = "/nonexistent/ca.pem"  # would fail to load
+        with rakerone.Client(fake.api_key, base_url=fake.base_url, session=session, verify=ca_bundle) as client:
+            assert client.get_run(PROJECT, RUN).status == "running"
+            assert [event.id for event in client.iter_run_events(PROJECT, RUN)] == ["e1"]
+
+
+def test_a_session_that_does_not_trust_the_environment_keeps_its_proxies_off(tls_fake, monkeypatch):
+    fake, ca_bundle = tls_fake
+    for name in ("https_proxy", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, "http://proxy.invalid:3128")  # never resolves: nothing leaves
+    with requests.Session() as session:
+        session.verify, session.trust_env = ca_bundle, False
+        with rakerone.Client(fake.api_key, base_url=fake.base_url, session=session) as client:
+            assert client.get_run(PROJECT, RUN).status == "running"
+            assert [event.id for event in client.iter_run_events(PROJECT, RUN)] == ["e1"]
+
+
 # -- Command line ----------------------------------------------------------------------
 # The `rakerone` command as a real subprocess against the fake.
 
