@@ -1640,6 +1640,105 @@ def test_a_session_that_does_not_trust_the_environment_keeps_its_proxies_off(tls
             assert [event.id for event in client.iter_run_events(PROJECT, RUN)] == ["e1"]
 
 
+def test_http_and_stream_tunnel_through_an_https_proxy_from_the_environment(tls_fake, monkeypatch):
+    fake, ca_bundle = tls_fake
+    with LoopbackProxy() as proxy:
+        monkeypatch.setenv("https_proxy", proxy.url)
+        with rakerone.Client(fake.api_key, base_url=fake.base_url, verify=ca_bundle) as client:
+            assert [event.id for event in client.iter_run_events(PROJECT, RUN)] == ["e1"]
+            tunnels_for_the_stream = proxy.tunnels
+            assert client.get_run(PROJECT, RUN).status == "running"
+
+    assert tunnels_for_the_stream == 2  # the ticket's, then the socket's
+    assert proxy.tunnels >= 2
+
+
+def test_plain_http_goes_through_a_loopback_proxy_and_the_stream_tunnels(fake, monkeypatch):
+    emit(fake, 1)
+    fake.finish_run_stream(PROJECT, RUN)
+    with LoopbackProxy() as proxy:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        with rakerone.Client(fake.api_key, base_url=fake.base_url) as client:
+            assert client.get_run(PROJECT, RUN).status == "running"
+            assert [event.id for event in client.iter_run_events(PROJECT, RUN)] == ["e1"]
+
+    assert proxy.forwards >= 1  # plain http is forwarded, not tunnelled...
+    assert proxy.tunnels == 1  # ...so the one tunnel is the socket's
+
+
+def test_the_stream_takes_the_session_proxy_even_where_the_environment_exempts_the_host(tls_fake, monkeypatch):
+    fake, ca_bundle = tls_fake
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")  # not for a session that ignores the environment
+    with LoopbackProxy() as proxy, requests.Session() as session:
+        session.trust_env, session.proxies = False, {"https": proxy.url}
+        with rakerone.Client(fake.api_key, base_url=fake.base_url, verify=ca_bundle, session=session) as client:
+            assert [event.id for event in client.iter_run_events(PROJECT, RUN)] == ["e1"]
+
+    assert proxy.tunnels == 2  # the ticket's, then the socket's
+
+
+@pytest.mark.parametrize("refused", ["http", "stream"])
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_a_proxy_answering_407_is_proxy_authentication_error_asked_once(tls_fake, fake, monkeypatch, sleeps,
+                                                                       scheme, refused):
+    server, ca_bundle = tls_fake if scheme == "https" else (fake, None)
+    with LoopbackProxy(refuse_from=0 if refused == "http" else 1) as proxy:
+        monkeypatch.setenv(f"{scheme}_proxy", proxy.url)
+        with rakerone.Client(server.api_key, base_url=server.base_url, verify=ca_bundle) as client:
+            client._sleep = sleeps.append
+            with pytest.raises(rakerone.ProxyAuthenticationError, match="proxy refused") as raised:
+                if refused == "http":
+                    client.get_run(PROJECT, RUN)
+                else:
+                    next(client.iter_run_events(PROJECT, RUN))
+
+    assert proxy.refusals == 1 and sleeps == []
+    assert "credentials" in str(raised.value)
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("http_proxy", "http://proxy.invalid:3128"),  # .invalid never resolves: nothing can leave
+    ("HTTP_PROXY", "proxy.invalid:3128"),
+    ("all_proxy", "http://user:pass@proxy.invalid:3128"),
+])
+def test_plain_http_through_a_remote_proxy_is_refused_before_any_traffic(fake, monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(rakerone.ConfigurationError, match="proxy.invalid") as raised:
+        rakerone.Client(fake.api_key, base_url=fake.base_url)
+
+    assert "allow_insecure_http=True" in str(raised.value) and fake.api_key not in str(raised.value)
+    assert fake.requests_seen == []
+
+
+def test_a_remote_proxy_set_on_the_session_later_is_refused_before_any_traffic(fake):
+    with requests.Session() as session, \
+            rakerone.Client(fake.api_key, base_url=fake.base_url, session=session) as client:
+        session.proxies["http"] = "http://proxy.invalid:3128"
+        with pytest.raises(rakerone.ConfigurationError, match="proxy.invalid"):
+            client.get_run(PROJECT, RUN)
+        with pytest.raises(rakerone.ConfigurationError, match="proxy.invalid"):
+            next(client.iter_run_events(PROJECT, RUN))
+
+    assert fake.requests_seen == []
+
+
+def test_allow_insecure_http_lets_a_remote_proxy_carry_plain_http(fake, monkeypatch, sleeps):
+    monkeypatch.setenv("http_proxy", "http://proxy.invalid:3128")
+
+    with rakerone.Client(fake.api_key, base_url=fake.base_url, allow_insecure_http=True, max_retries=0) as client:
+        route = client._route(fake.base_url)
+        with pytest.raises(rakerone.APIConnectionError, match="proxy.invalid|resolve|Name or service"):
+            client.get_run(PROJECT, RUN)  # the proxy's name never resolves
+
+    assert rakerone_requests_proxy(route, fake.base_url) == "http://proxy.invalid:3128"
+    assert fake.requests_seen == []
+
+
+def rakerone_requests_proxy(route: dict, url: str):
+    return requests.utils.select_proxy(url, route["proxies"])
+
+
 # -- Command line ----------------------------------------------------------------------
 # The `rakerone` command as a real subprocess against the fake.
 
