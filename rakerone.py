@@ -1132,7 +1132,9 @@ class Client:
                 if attempt and isinstance(error, APIConnectionError):
                     error.args = (f"{error} (after {attempt + 1} attempts)",)
                 raise error from failure.cause
-            logger.info("%s: %s; retry %d of %d in %.2f s", what, failure.error, attempt + 1,
+            # The message, not the error: a handler keeping records would keep the error's
+            # response alive, and with it (urllib3 2) its pool and the pool's sockets.
+            logger.info("%s: %s; retry %d of %d in %.2f s", what, str(failure.error), attempt + 1,
                         self.max_retries, delay)
             self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover

@@ -1173,7 +1173,8 @@ def test_module_level_stream_shortcut_uses_the_environment(fake, monkeypatch):
 # fake cannot give (drips, broken framing, compression, echoed headers), and a small
 # HTTP proxy (CONNECT tunnels and forward requests, or 407 for every one).
 
-ODD_KEY = "sk-live-Zq8w9e7r6t5y4u3i"  # distinctive, so any trace of it in a text is a leak
+#: Distinctive (any trace of it in a text is a leak), and changed by percent-encoding.
+ODD_KEY = "sk-live+Zq8w/9e7r6t5y4u3i=="
 
 
 class ScriptedPeer:
@@ -1737,6 +1738,170 @@ def test_allow_insecure_http_lets_a_remote_proxy_carry_plain_http(fake, monkeypa
 
 def rakerone_requests_proxy(route: dict, url: str):
     return requests.utils.select_proxy(url, route["proxies"])
+
+
+def secret_fragments(secret: str) -> list:
+    """Every 8-character piece of a secret, raw and percent-encoded: any one in a text is a leak."""
+    forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret), urllib.parse.quote_plus(secret)}
+    return sorted({form[i:i + 8].lower() for form in forms for i in range(len(form) - 7)})
+
+
+def leaked(texts, *secrets) -> list:
+    text = "\n".join(texts).lower()
+    return [fragment for secret in secrets for fragment in secret_fragments(secret) if fragment in text]
+
+
+def error_texts(error: BaseException) -> list:
+    """What a user or a crash report sees of an error: its message, and the whole
+    traceback with every chained cause and context."""
+    return [str(error), "".join(traceback.format_exception(type(error), error, error.__traceback__))]
+
+
+#: Ways a server echoes what it was sent, each at the start of its page (so inside the
+#: quoted excerpt); "straddling" puts the key across the excerpt's 200-character cut.
+ECHOES = {
+    "headers": lambda handler, key: "<pre>" + str(handler.headers) + "</pre>",
+    "straddling": lambda handler, key: "x" * 195 + key,
+    "percent-encoded": lambda handler, key: "key=" + urllib.parse.quote(key, safe="").lower(),
+    "other query name": lambda handler, key: f"/login?access_token={key}&next=/",
+    "json-escaped": lambda handler, key: "<p>" + json.dumps({"seen": f'"{key}"'}),
+}
+
+
+def echo_page(echo: str, status: int):
+    def answer(handler):
+        key = handler.headers["Authorization"].split(" ", 1)[1]
+        page = ECHOES[echo](handler, key).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "text/html")
+        handler.send_header("Content-Length", str(len(page)))
+        handler.end_headers()
+        handler.wfile.write(page)
+    return answer
+
+
+@pytest.mark.parametrize("status", [200, 500, 404])
+@pytest.mark.parametrize("echo", sorted(ECHOES))
+def test_a_server_echoing_the_key_never_gets_it_into_errors_or_logs(no_leaks, caplog, echo, status):
+    caplog.set_level(logging.DEBUG)
+    with ScriptedPeer(echo_page(echo, status)) as peer, \
+            rakerone.Client(ODD_KEY, base_url=peer.base_url, max_retries=1) as client:
+        client._sleep = lambda seconds: None
+        with pytest.raises(rakerone.APIError) as raised:
+            client.get_run(PROJECT, RUN)
+
+    assert "***" in str(raised.value)  # the echo was quoted, redacted
+    assert leaked(error_texts(raised.value) + [caplog.text], ODD_KEY) == []
+
+
+def ticket_peer(tickets: list):
+    """Mints tickets and a wsUrl carrying the ticket in its path and under another query
+    name; answers everything else, the upgrade too, with a 503 page quoting the request."""
+    def answer(handler):
+        if handler.command == "POST":
+            ticket = f"tk/{len(tickets)}+{uuid.uuid4().hex}="
+            tickets.append(ticket)
+            quoted = urllib.parse.quote(ticket, safe="")
+            port = handler.server.server_address[1]
+            answer_json(handler, {"ticket": ticket, "wsUrl": f"ws://127.0.0.1:{port}/api/ws/{quoted}?token={quoted}"})
+            return
+        page = f"no socket here: {handler.requestline}\n{handler.headers}".encode()
+        handler.send_response(503)
+        handler.send_header("Content-Type", "text/plain")
+        handler.send_header("Content-Length", str(len(page)))
+        handler.end_headers()
+        handler.wfile.write(page)
+    return answer
+
+
+def test_a_ticket_in_the_ws_url_path_or_another_query_name_never_gets_into_errors_or_logs(no_leaks, caplog):
+    caplog.set_level(logging.DEBUG)
+    tickets = []
+    with ScriptedPeer(ticket_peer(tickets)) as peer, \
+            rakerone.Client(ODD_KEY, base_url=peer.base_url, max_retries=0) as client:
+        client._sleep = lambda seconds: None
+        with pytest.raises(rakerone.StreamDisconnectedError) as raised:
+            next(client.iter_run_events(PROJECT, RUN, max_reconnects=1))
+        with pytest.raises(rakerone.APIError) as quoted_later:
+            client.get_run(PROJECT, RUN)  # a page quoting every ticket minted
+
+    assert len(tickets) == 2 and "connecting to" in caplog.text
+    texts = error_texts(raised.value) + error_texts(quoted_later.value) + [caplog.text]
+    assert leaked(texts, ODD_KEY, *tickets) == []
+
+
+def test_the_cli_never_prints_the_key_a_server_echoed(no_leaks):
+    with ScriptedPeer(echo_page("headers", 200)) as peer:
+        env = dict(os.environ, RAKERONE_API_KEY=ODD_KEY, RAKERONE_BASE_URL=peer.base_url, PYTHONUNBUFFERED="1")
+        result = subprocess.run(rakerone_command() + ["-v", "run", "get", PROJECT, RUN], env=env,
+                                capture_output=True, text=True, timeout=20)
+
+    assert result.returncode == 5 and "not JSON" in result.stderr
+    assert leaked([result.stdout, result.stderr], ODD_KEY) == []
+
+
+@pytest.fixture
+def keyed_fake(no_leaks):
+    """The fake, serving a distinctive key (so any trace of it shows)."""
+    with rakerone_fake.FakeRakerOne(api_key=ODD_KEY) as server:
+        server.add_run(PROJECT, {"id": RUN, "status": "running"})
+        emit(server, 1)
+        yield server
+
+
+STREAM_READER_LEAKS = pytest.mark.xfail(
+    strict=True, reason="the stream reader section quotes close reasons and frames without the "
+                        "client's secrets (module _redact/_excerpt with none): reported, not ours to fix")
+
+
+@pytest.mark.parametrize("code, reason", [
+    pytest.param(4401, "Bearer {key} ?ticket={ticket}", id="4401 quoting as header and query"),
+    pytest.param(4401, "{key} {ticket}", id="4401 quoting them bare", marks=STREAM_READER_LEAKS),
+    pytest.param(1011, "Bearer {key} ?ticket={ticket}", id="1011 reconnect", marks=STREAM_READER_LEAKS),
+    pytest.param(4000, "Bearer {key} ?ticket={ticket}", id="4000 unknown", marks=STREAM_READER_LEAKS),
+])
+def test_a_close_reason_echoing_the_key_and_ticket_never_gets_into_errors_or_logs(keyed_fake, caplog,
+                                                                                  code, reason):
+    caplog.set_level(logging.DEBUG)
+    with rakerone.Client(ODD_KEY, base_url=keyed_fake.base_url) as client:
+        client._sleep = lambda seconds: None
+        tickets = record_tickets(client)
+        events = client.iter_run_events(PROJECT, RUN, max_reconnects=0)
+        next(events)
+        keyed_fake.close_streams(code, reason.format(key=ODD_KEY, ticket=tickets[0]))
+        with pytest.raises(rakerone.RakerOneError) as raised:
+            next(events)
+
+    assert leaked(error_texts(raised.value) + [caplog.text], ODD_KEY, *tickets) == []
+
+
+@STREAM_READER_LEAKS
+def test_a_frame_echoing_the_key_and_ticket_never_gets_into_errors_or_logs(keyed_fake, caplog):
+    caplog.set_level(logging.DEBUG)
+    with rakerone.Client(ODD_KEY, base_url=keyed_fake.base_url) as client:
+        tickets = record_tickets(client)
+        events = client.iter_run_events(PROJECT, RUN)
+        next(events)
+        keyed_fake.send_raw_frame(f"{ODD_KEY} {tickets[0]} <not json>")
+        with pytest.raises(rakerone.StreamError) as raised:
+            next(events)
+
+    assert leaked(error_texts(raised.value) + [caplog.text], ODD_KEY, *tickets) == []
+
+
+def test_repr_of_a_half_built_client_does_not_raise():
+    class Failing(rakerone.Client):
+        def __init__(self):
+            try:
+                super().__init__(ODD_KEY, base_url="ftp://example.invalid")
+            except rakerone.ConfigurationError:
+                self.seen_midway = repr(self)
+                raise
+
+    with pytest.raises(rakerone.ConfigurationError):
+        Failing()
+
+    assert repr(object.__new__(rakerone.Client)) == "<rakerone.Client base_url=None>"
 
 
 # -- Command line ----------------------------------------------------------------------
