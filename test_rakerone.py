@@ -28,6 +28,7 @@ import time
 import traceback
 import urllib.parse
 import uuid
+import zlib
 
 import h11
 import pytest
@@ -1226,6 +1227,7 @@ class ScriptedPeer:
             block_on_close = True  # server_close() joins every request thread
 
         self._server = Server(("127.0.0.1", 0), Handler)
+        self._server.peer_stopping = self.stopping  # for answers that write for long
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="scripted-peer")
 
@@ -1902,6 +1904,129 @@ def test_repr_of_a_half_built_client_does_not_raise():
         Failing()
 
     assert repr(object.__new__(rakerone.Client)) == "<rakerone.Client base_url=None>"
+
+
+def test_the_client_asks_for_no_compression_even_through_a_session_that_would(no_leaks):
+    with requests.Session() as session, ScriptedPeer(answer_run) as peer:
+        with rakerone.Client(ODD_KEY, base_url=peer.base_url) as client:
+            client.get_run(PROJECT, RUN)
+        with rakerone.Client(ODD_KEY, base_url=peer.base_url, session=session) as client:
+            client.get_run(PROJECT, RUN)
+
+    assert "gzip" in session.headers["Accept-Encoding"]
+    assert [headers["Accept-Encoding"] for _, _, headers in peer.requests] == ["identity", "identity"]
+
+
+#: Runs get_run in a fresh process (RAKERONE_* from the environment, options as JSON in
+#: argv[1]) and prints its outcome, duration and peak RSS growth: the high-water mark
+#: (VmHWM, reset through clear_refs just before the call) less the RSS before it.
+MEASURE_GET_RUN = r'''
+import json, sys, time
+import rakerone
+
+def status_kib(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+with rakerone.Client(max_retries=0, **json.loads(sys.argv[1])) as client:
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # the high-water mark starts again from here
+    before = status_kib("VmRSS")
+    started = time.monotonic()
+    try:
+        client.get_run("p", "r")
+        outcome = "returned"
+    except rakerone.RakerOneError as exc:
+        outcome = f"{type(exc).__name__}: {exc}"
+    seconds = time.monotonic() - started
+    growth = status_kib("VmHWM") - before
+print(json.dumps({"outcome": outcome[:300], "seconds": round(seconds, 3), "rss_growth_mib": round(growth / 1024, 1)}))
+'''
+
+
+def measure_get_run(base_url: str, **options) -> dict:
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("measures memory through Linux's /proc")
+    env = dict(os.environ, RAKERONE_API_KEY=ODD_KEY, RAKERONE_BASE_URL=base_url)
+    result = subprocess.run([sys.executable, "-c", MEASURE_GET_RUN, json.dumps(options)], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout)
+    print(f"{base_url} {options}: {measured}")
+    return measured
+
+
+GIB_OF_ZEROS_GZIPPED = gzip.compress(bytes(1 << 20)) * 1024  # 1 MB of gzip members, 1 GiB inflated
+
+
+def answer_body(body: bytes, status=200, headers=(), framing="length", repeat=1):
+    """Send ``body`` ``repeat`` times, framed by Content-Length, chunked, or the close."""
+    def answer(handler):
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        for name, value in headers:
+            handler.send_header(name, value)
+        if framing == "length":
+            handler.send_header("Content-Length", str(len(body) * repeat))
+        elif framing == "chunked":
+            handler.send_header("Transfer-Encoding", "chunked")
+        else:
+            handler.send_header("Connection", "close")
+            handler.close_connection = True
+        handler.end_headers()
+        for _ in range(repeat):
+            if peer_stopping(handler):
+                return
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(body), body) if framing == "chunked" else body)
+        if framing == "chunked":
+            handler.wfile.write(b"0\r\n\r\n")
+    return answer
+
+
+def peer_stopping(handler) -> bool:
+    return handler.server.peer_stopping.is_set()
+
+
+@pytest.mark.parametrize("encoding, body", [
+    ("gzip", GIB_OF_ZEROS_GZIPPED),
+    ("deflate", zlib.compress(json.dumps({"run": {"id": RUN}}).encode())),
+    ("br", b"\x8b\x00\x80" + b"{}" + b"\x03"),
+    ("gzip, identity", gzip.compress(b"{}")),
+])
+def test_a_compressed_answer_is_refused_unread_without_decompressing_it(no_leaks, encoding, body):
+    with ScriptedPeer(answer_body(body, headers=[("Content-Encoding", encoding)])) as peer:
+        measured = measure_get_run(peer.base_url)
+
+    assert measured["outcome"].startswith("UnexpectedResponseError") and "compressed" in measured["outcome"]
+    assert measured["rss_growth_mib"] < 32 and measured["seconds"] < 5  # 1 GiB, had it been inflated
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_a_body_over_max_response_bytes_is_refused_and_not_retried(no_leaks, sleeps, framing):
+    body = json.dumps({"run": {"id": RUN, "padding": "x" * 2000}}).encode()
+    with ScriptedPeer(answer_body(body, framing=framing)) as peer:
+        with rakerone.Client(ODD_KEY, base_url=peer.base_url, max_response_bytes=len(body)) as client:
+            assert client.get_run(PROJECT, RUN).id == RUN  # exactly the limit is fine
+        with rakerone.Client(ODD_KEY, base_url=peer.base_url, max_response_bytes=len(body) - 1) as client:
+            client._sleep = sleeps.append
+            with pytest.raises(rakerone.ResponseTooLargeError, match="max_response_bytes") as raised:
+                client.get_run(PROJECT, RUN)
+
+    assert ("announced" in str(raised.value)) == (framing == "length")
+    assert len(peer.requests) == 2 and sleeps == []
+
+
+@pytest.mark.parametrize("framing, status, refused_as, rss_bound_mib", [
+    ("length", 200, "ResponseTooLargeError", 16),  # refused on the announcement, unread
+    ("chunked", 200, "ResponseTooLargeError", 48),  # read up to the 16 MiB cap, then refused
+    ("length", 500, "ServerError", 8),  # an error page is read only as far as its message needs
+])
+def test_a_256_mib_answer_costs_no_more_than_the_cap(no_leaks, framing, status, refused_as, rss_bound_mib):
+    with ScriptedPeer(answer_body(bytes(1 << 20), status=status, framing=framing, repeat=256)) as peer:
+        measured = measure_get_run(peer.base_url)
+
+    assert measured["outcome"].startswith(refused_as)
+    assert measured["rss_growth_mib"] < rss_bound_mib and measured["seconds"] < 10
 
 
 # -- Command line ----------------------------------------------------------------------
