@@ -34,6 +34,7 @@ import h11
 import pytest
 import requests
 import responses
+import urllib3
 import wsproto
 import wsproto.events
 
@@ -2027,6 +2028,263 @@ def test_a_256_mib_answer_costs_no_more_than_the_cap(no_leaks, framing, status, 
 
     assert measured["outcome"].startswith(refused_as)
     assert measured["rss_growth_mib"] < rss_bound_mib and measured["seconds"] < 10
+
+
+RUN_BODY = json.dumps({"run": {"id": RUN, "status": "running", "padding": "x" * 100}}).encode()
+
+
+def drip(handler, data: bytes, every: float = 0.2) -> None:
+    """Write ``data`` one byte at a time, until done, the client leaves or the peer stops."""
+    for byte in data:
+        if peer_stopping(handler):
+            return
+        handler.wfile.write(bytes([byte]))
+        handler.wfile.flush()
+        time.sleep(every)
+
+
+def answer_dripping(part: str):
+    answered = []
+
+    def answer(handler):
+        if part == "headers, on a reused connection" and not answered:
+            answered.append(handler.path)
+            answer_json(handler, RUN_BODY)  # kept alive, for the next request
+            return
+        handler.close_connection = True
+        head = [b"HTTP/1.1 200 OK", b"Content-Type: application/json"]
+        if part == "body, chunked":
+            head.append(b"Transfer-Encoding: chunked")
+            body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(RUN_BODY), RUN_BODY)
+        elif part == "body, until the close":
+            head.append(b"Connection: close")
+            body = RUN_BODY
+        else:
+            head.append(b"Content-Length: %d" % len(RUN_BODY))
+            body = RUN_BODY
+        head = b"\r\n".join(head) + b"\r\n\r\n"
+        if part.startswith("headers"):
+            drip(handler, head + body)
+        else:
+            handler.wfile.write(head)
+            drip(handler, body)
+    return answer
+
+
+DRIPS = ["headers", "body, with a length", "body, chunked", "body, until the close", "headers, on a reused connection"]
+
+
+@pytest.mark.parametrize("part", DRIPS)
+def test_a_dripping_answer_times_out_within_the_timeout(no_leaks, part):
+    with ScriptedPeer(answer_dripping(part)) as peer, \
+            rakerone.Client(ODD_KEY, base_url=peer.base_url, timeout=1, max_retries=0) as client:
+        if part == "headers, on a reused connection":
+            client.get_run(PROJECT, RUN)
+        started = time.monotonic()
+        with pytest.raises(rakerone.APITimeoutError, match="timed out after 1 s"):
+            client.get_run(PROJECT, RUN)
+        elapsed = time.monotonic() - started
+
+    print(f"drip of the {part}: gave up after {elapsed:.2f} s (timeout=1, max_retries=0)")
+    assert elapsed < 5  # 1 s, with generous slack for a busy machine
+
+
+def test_a_dripping_answer_with_retries_takes_at_most_each_attempt_plus_backoff(no_leaks):
+    with ScriptedPeer(answer_dripping("body, with a length")) as peer, \
+            rakerone.Client(ODD_KEY, base_url=peer.base_url, timeout=1, max_retries=2) as client:
+        started = time.monotonic()
+        with pytest.raises(rakerone.APITimeoutError, match="after 3 attempts"):
+            client.get_run(PROJECT, RUN)
+        elapsed = time.monotonic() - started
+
+    print(f"drip of the body, 3 attempts: gave up after {elapsed:.2f} s (bound 3 x 1 s + 1.5 s backoff)")
+    assert len(peer.requests) == 3
+    assert elapsed < 3 * 1 + (0.5 + 1.0) + 3  # attempts, the largest backoffs, slack
+
+
+class RawPeer:
+    """A TCP server on 127.0.0.1 running ``answer(conn, stopping)`` for each connection,
+    each on a thread of its own; leaving the with block cuts and joins them all."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.stopping = threading.Event()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.05)
+        self._conns: list = []
+        self._threads: list = []
+        self._thread = threading.Thread(target=self._accept, name="raw-peer")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def __enter__(self) -> RawPeer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stopping.set()
+        self._thread.join()
+        for conn in self._conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self._threads:
+            thread.join()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(conn,), name="raw-peer-conn")
+            self._conns.append(conn)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                self.answer(conn, self.stopping)
+            except OSError:
+                pass
+
+
+def dripping(data: bytes, every: float = 0.2):
+    """An answer for RawPeer: read the request, then send ``data`` one byte at a time."""
+    def answer(conn, stopping):
+        conn.recv(65536)
+        for byte in data:
+            if stopping.wait(every):
+                return
+            conn.sendall(bytes([byte]))
+        stopping.wait()
+    return answer
+
+
+TLS_RECORD_START = b"\x16\x03\x03\x40\x00" + b"\x02" * 200  # a 16 KiB handshake record, never finished
+PROXY_TUNNEL_ANSWER = b"HTTP/1.1 200 Connection established\r\nX-Padding: " + b"x" * 200 + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("part", ["TLS handshake", "proxy CONNECT answer"])
+def test_a_dripping_tls_handshake_or_proxy_tunnel_times_out_within_the_timeout(no_leaks, monkeypatch,
+                                                                               refused_port, part):
+    with RawPeer(dripping(TLS_RECORD_START if part == "TLS handshake" else PROXY_TUNNEL_ANSWER)) as peer:
+        if part == "TLS handshake":
+            base_url = f"https://{peer.address}/api"
+        else:
+            base_url = f"https://127.0.0.1:{refused_port}/api"  # never reached: the tunnel never opens
+            monkeypatch.setenv("https_proxy", f"http://{peer.address}")
+        with rakerone.Client(ODD_KEY, base_url=base_url, timeout=1, max_retries=0) as client:
+            started = time.monotonic()
+            with pytest.raises(rakerone.APITimeoutError):
+                client.get_run(PROJECT, RUN)
+            elapsed = time.monotonic() - started
+
+    print(f"drip of the {part}: gave up after {elapsed:.2f} s (timeout=1, max_retries=0)")
+    assert peer.connections == 1 and elapsed < 5
+
+
+@pytest.mark.parametrize("part", [
+    "body, with a length",
+    pytest.param("body, until the close", marks=pytest.mark.skipif(
+        not hasattr(urllib3.HTTPResponse, "shutdown"), reason="needs urllib3 2.3+ (HTTPResponse.shutdown)")),
+])
+def test_a_dripping_body_times_out_through_a_session_of_your_own(no_leaks, part):
+    with requests.Session() as session, ScriptedPeer(answer_dripping(part)) as peer, \
+            rakerone.Client(ODD_KEY, base_url=peer.base_url, timeout=1, max_retries=0, session=session) as client:
+        started = time.monotonic()
+        with pytest.raises(rakerone.APITimeoutError):
+            client.get_run(PROJECT, RUN)
+        elapsed = time.monotonic() - started
+
+    print(f"drip of the {part}, a session's own adapter: gave up after {elapsed:.2f} s")
+    assert elapsed < 5
+
+
+def ticket_for(ws_address: str):
+    """An API that mints tickets for a WebSocket at ``ws_address`` (and answers nothing else)."""
+    def answer(handler):
+        answer_json(handler, {"ticket": "t1", "wsUrl": f"ws://{ws_address}/api/ws?ticket=t1"})
+    return answer
+
+
+UPGRADE_ANSWER = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"X-Padding: " + b"x" * 200 + b"\r\n\r\n")
+
+
+@pytest.mark.parametrize("part", [
+    "upgrade answer",
+    pytest.param("proxy CONNECT answer", marks=pytest.mark.xfail(
+        strict=True, reason="websocket-client exposes its socket only once the tunnel and TLS are up: "
+                            "a dripping proxy holds the stream's opening (reported)")),
+])
+def test_a_dripping_stream_opening_gives_up_within_the_timeout(no_leaks, monkeypatch, part):
+    answer = UPGRADE_ANSWER if part == "upgrade answer" else b"HTTP/1.1 200 Connection established\r\n\r\n"
+    with RawPeer(dripping(answer, every=0.15)) as dripper:  # 6 s of answer: longer than the bound
+        ws_address = dripper.address
+        if part == "proxy CONNECT answer":
+            monkeypatch.setenv("http_proxy", f"http://{dripper.address}")
+            monkeypatch.setenv("no_proxy", "127.0.0.1")  # the API is reached directly...
+            ws_address = ws_address.replace("127.0.0.1", "localhost")  # ...the socket through the proxy
+        with ScriptedPeer(ticket_for(ws_address)) as api, \
+                rakerone.Client(ODD_KEY, base_url=api.base_url, timeout=1, max_retries=0) as client:
+            started = time.monotonic()
+            with pytest.raises(rakerone.StreamDisconnectedError, match="longer than"):
+                next(client.iter_run_events(PROJECT, RUN, max_reconnects=0))
+            elapsed = time.monotonic() - started
+
+    print(f"drip of the stream's {part}: gave up after {elapsed:.2f} s (timeout=1)")
+    assert dripper.connections == 1 and elapsed < 5
+
+
+def answer_broken(kind: str):
+    def answer(handler):
+        handler.close_connection = True
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        if kind == "nested too deeply":
+            body = b"[" * 100_000 + b"]" * 100_000
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.write(body)
+        elif kind == "shorter than its length":
+            handler.send_header("Content-Length", str(len(RUN_BODY) + 100))
+            handler.end_headers()
+            handler.wfile.write(RUN_BODY)
+        else:
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.end_headers()
+            if kind == "a broken chunk size":
+                handler.wfile.write(b"zz\r\n" + RUN_BODY + b"\r\n0\r\n\r\n")
+            else:  # a chunk cut short
+                handler.wfile.write(b"%x\r\n%s" % (len(RUN_BODY), RUN_BODY[:10]))
+    return answer
+
+
+@pytest.mark.parametrize("kind, error_class", [
+    ("shorter than its length", rakerone.APIConnectionError),
+    ("a broken chunk size", rakerone.APIConnectionError),
+    ("a chunk cut short", rakerone.APIConnectionError),
+    ("nested too deeply", rakerone.UnexpectedResponseError),
+])
+def test_a_truncated_or_broken_body_is_a_named_error_and_retried(no_leaks, sleeps, kind, error_class):
+    with ScriptedPeer(answer_broken(kind)) as peer, \
+            rakerone.Client(ODD_KEY, base_url=peer.base_url, max_retries=2) as client:
+        client._sleep = sleeps.append
+        with pytest.raises(error_class) as raised:
+            client.get_run(PROJECT, RUN)
+
+    assert type(raised.value) is error_class
+    assert len(peer.requests) == 3 and len(sleeps) == 2
 
 
 # -- Command line ----------------------------------------------------------------------
