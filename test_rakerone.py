@@ -2287,6 +2287,69 @@ def test_a_truncated_or_broken_body_is_a_named_error_and_retried(no_leaks, sleep
     assert len(peer.requests) == 3 and len(sleeps) == 2
 
 
+def get_run_using(fake, **options):
+    """Ask the fake for a run with a client built from ``options`` (the fake's key and URL
+    unless given): traffic the fake sees, unless the input is refused first."""
+    options = {"api_key": fake.api_key, "base_url": fake.base_url, "max_retries": 0, **options}
+    with rakerone.Client(**options) as client:
+        return client.get_run(PROJECT, RUN)
+
+
+def stream_using(fake, **options):
+    with rakerone.Client(fake.api_key, base_url=fake.base_url) as client:
+        return next(client.iter_run_events(PROJECT, RUN, **options))
+
+
+# Each row would send something (or fail with a raw exception: UnicodeEncodeError,
+# InvalidHeader, OverflowError, TypeError) were the input not refused first.
+ODD_INPUTS = [
+    # (what, a call with the odd input, a word the message must hold)
+    ("key with a zero-width space", lambda f: get_run_using(f, api_key="sk-live-Zq8w\u200b9e7r6t5y4u3i"), "U+200B"),
+    ("key with a non-Latin-1 character", lambda f: get_run_using(f, api_key="sk-live-Zq8w\u043a9e7r6t5y4u3i"),
+     "U+043A"),
+    ("key with an accented letter", lambda f: get_run_using(f, api_key="sk-live-Zq8w\u00e99e7r6t5y4u3i"), "U+00E9"),
+    ("key with a space", lambda f: get_run_using(f, api_key="sk-live-Zq8w 9e7r6t5y4u3i"), "U+0020"),
+    ("key with a trailing line break", lambda f: get_run_using(f, api_key="sk-live-Zq8w9e7r6t5y4u3i\n"), "U+000A"),
+    ("user agent with a leading space", lambda f: get_run_using(f, user_agent=" my-app/1.2"), "user_agent"),
+    ("user agent with a line break", lambda f: get_run_using(f, user_agent="my-app/1.2\nX-Evil: 1"), "user_agent"),
+    ("user agent with a non-ASCII character", lambda f: get_run_using(f, user_agent="my-app/\u043a"),
+     "user_agent"),
+    ("timeout of 1e12 s", lambda f: get_run_using(f, timeout=1e12), "timeout"),
+    ("infinite timeout", lambda f: get_run_using(f, timeout=float("inf")), "timeout"),
+    ("NaN timeout", lambda f: get_run_using(f, timeout=float("nan")), "timeout"),
+    ("zero timeout", lambda f: get_run_using(f, timeout=0), "timeout"),
+    ("negative timeout", lambda f: get_run_using(f, timeout=-1), "timeout"),
+    ("read timeout of 1e12 s", lambda f: get_run_using(f, timeout=(1, 1e12)), "read timeout"),
+    ("ping interval of 1e12 s", lambda f: stream_using(f, ping_interval=1e12), "ping_interval"),
+    ("infinite idle timeout", lambda f: stream_using(f, idle_timeout=float("inf")), "idle_timeout"),
+    ("plain http to foo.localhost",  # resolved through DNS: not loopback
+     lambda f: get_run_using(f, base_url="http://foo.localhost/api", session=fake_as_proxy(f)), "foo.localhost"),
+    ("zero max_response_bytes", lambda f: get_run_using(f, max_response_bytes=0), "max_response_bytes"),
+    ("negative max_response_bytes", lambda f: get_run_using(f, max_response_bytes=-1), "max_response_bytes"),
+    ("fractional max_response_bytes", lambda f: get_run_using(f, max_response_bytes=1.5), "max_response_bytes"),
+    ("max_response_bytes as text", lambda f: get_run_using(f, max_response_bytes="16"), "max_response_bytes"),
+    ("max_response_bytes as a bool", lambda f: get_run_using(f, max_response_bytes=True), "max_response_bytes"),
+    ("max_response_bytes of None", lambda f: get_run_using(f, max_response_bytes=None), "max_response_bytes"),
+]
+
+
+@pytest.mark.parametrize("what, call, named", ODD_INPUTS, ids=[what for what, _, _ in ODD_INPUTS])
+def test_odd_input_is_a_configuration_error_that_explains_without_echoing_the_key(fake, what, call, named):
+    emit(fake, 1)
+
+    with pytest.raises(rakerone.ConfigurationError) as raised:
+        call(fake)
+
+    assert named in str(raised.value)
+    assert leaked([str(raised.value)], "sk-live-Zq8w9e7r6t5y4u3i", fake.api_key) == []
+    assert fake.requests_seen == []
+
+
+def test_localhost_with_a_trailing_dot_counts_as_loopback(fake):
+    assert get_run_using(fake, base_url="http://localhost.:1/api", session=fake_as_proxy(fake)).id == RUN
+    assert fake.requests_seen == [("GET", f"/api/projects/{PROJECT}/playbook-runs/{RUN}")]
+
+
 # -- Command line ----------------------------------------------------------------------
 # The `rakerone` command as a real subprocess against the fake.
 
