@@ -1189,6 +1189,7 @@ class ScriptedPeer:
     def __init__(self, answer) -> None:
         self.answer = answer
         self.requests: list = []
+        self.connections = 0
         self.stopping = threading.Event()
         self._sockets: set = set()
         self._lock = threading.Lock()
@@ -1200,6 +1201,7 @@ class ScriptedPeer:
             def setup(self):
                 with peer._lock:
                     peer._sockets.add(self.request)
+                    peer.connections += 1
                 super().setup()
 
             def handle_one_request(self):
@@ -1464,8 +1466,10 @@ def test_forked_children_never_get_each_others_answers(no_leaks):
         started = time.monotonic()
         results = run_children(4, calls_in_threads)
         elapsed = time.monotonic() - started
+        connections = peer.connections
 
         assert client.get_run(PROJECT, "parent_1").id == "parent_1"
+        assert peer.connections == connections  # on the parent's own connection: the children left it be
     wrong = {run_id: got for result in results if isinstance(result, dict)
              for run_id, got in result.items() if got != run_id}
     assert [len(result) if isinstance(result, dict) else result for result in results] == [50] * 4
