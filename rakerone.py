@@ -781,6 +781,7 @@ class _Watchdog:
         self._thread: Optional[threading.Thread] = None
         self._wake_at = float("inf")
         self._stopping = False
+        self._pid = os.getpid()
 
     def watch(self, attempt: _Attempt) -> None:
         with self._condition:
@@ -796,8 +797,11 @@ class _Watchdog:
             self._attempts.discard(attempt)
 
     def stop(self) -> None:
+        if self._pid != os.getpid():
+            return  # a forked child: the thread stayed in the parent, maybe holding the lock
         with self._condition:
-            thread, self._stopping = self._thread, True
+            thread = self._thread
+            self._stopping = thread is not None  # else the next thread would stop at once
             self._condition.notify()
         if thread is not None and thread is not threading.current_thread():
             thread.join()

@@ -12,7 +12,6 @@ import logging
 import os
 import pty
 import random
-import resource
 import select
 import selectors
 import shlex
@@ -1272,6 +1271,11 @@ def answer_run(handler) -> None:
     answer_json(handler, {"run": {"id": handler.path.rsplit("/", 1)[1], "status": "running"}})
 
 
+def peer_stopping(handler) -> bool:
+    """For answers that write for long: has the ScriptedPeer been asked to stop?"""
+    return handler.server.peer_stopping.is_set()
+
+
 class LoopbackProxy:
     """An HTTP proxy on 127.0.0.1 for loopback targets only: CONNECT tunnels, and plain
     requests in absolute form forwarded as they are; both spliced both ways.
@@ -1475,6 +1479,30 @@ def test_forked_children_never_get_each_others_answers(no_leaks):
     assert [len(result) if isinstance(result, dict) else result for result in results] == [50] * 4
     assert wrong == {}
     print(f"fork: 4 children x 50 get_run in {elapsed:.2f} s")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
+def test_a_forked_child_can_close_the_client_whatever_the_parent_was_doing(no_leaks):
+    with ScriptedPeer(answer_run) as peer, rakerone.Client(ODD_KEY, base_url=peer.base_url) as client:
+        client.get_run(PROJECT, RUN)  # the watchdog thread runs
+        held, release = threading.Event(), threading.Event()
+
+        def busy_watchdog():  # as if the watchdog thread was at work at the fork
+            with client._watchdog._condition:
+                held.set()
+                release.wait()
+        holder = threading.Thread(target=busy_watchdog)
+        holder.start()
+        held.wait()
+        try:
+            results = run_children(1, lambda index: client.close() or "closed", timeout=5)
+        finally:
+            release.set()
+            holder.join()
+
+    assert results == ["closed"]
+
 
 
 #: A server for volume: one process (so it has a core of its own), one selector loop,
@@ -1739,12 +1767,8 @@ def test_allow_insecure_http_lets_a_remote_proxy_carry_plain_http(fake, monkeypa
         with pytest.raises(rakerone.APIConnectionError, match="proxy.invalid|resolve|Name or service"):
             client.get_run(PROJECT, RUN)  # the proxy's name never resolves
 
-    assert rakerone_requests_proxy(route, fake.base_url) == "http://proxy.invalid:3128"
+    assert requests.utils.select_proxy(fake.base_url, route["proxies"]) == "http://proxy.invalid:3128"
     assert fake.requests_seen == []
-
-
-def rakerone_requests_proxy(route: dict, url: str):
-    return requests.utils.select_proxy(url, route["proxies"])
 
 
 def secret_fragments(secret: str) -> list:
@@ -1988,10 +2012,6 @@ def answer_body(body: bytes, status=200, headers=(), framing="length", repeat=1)
     return answer
 
 
-def peer_stopping(handler) -> bool:
-    return handler.server.peer_stopping.is_set()
-
-
 @pytest.mark.parametrize("encoding, body", [
     ("gzip", GIB_OF_ZEROS_GZIPPED),
     ("deflate", zlib.compress(json.dumps({"run": {"id": RUN}}).encode())),
@@ -2104,6 +2124,19 @@ def test_a_dripping_answer_with_retries_takes_at_most_each_attempt_plus_backoff(
     print(f"drip of the body, 3 attempts: gave up after {elapsed:.2f} s (bound 3 x 1 s + 1.5 s backoff)")
     assert len(peer.requests) == 3
     assert elapsed < 3 * 1 + (0.5 + 1.0) + 3  # attempts, the largest backoffs, slack
+
+
+def test_a_client_used_again_after_close_still_keeps_its_deadline(no_leaks):
+    with ScriptedPeer(answer_dripping("body, with a length")) as peer:
+        client = rakerone.Client(ODD_KEY, base_url=peer.base_url, timeout=1, max_retries=0)
+        client.close()
+        started = time.monotonic()
+        with pytest.raises(rakerone.APITimeoutError):
+            client.get_run(PROJECT, RUN)
+        elapsed = time.monotonic() - started
+        client.close()
+
+    assert elapsed < 5
 
 
 class RawPeer:
