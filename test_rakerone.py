@@ -1827,7 +1827,8 @@ def test_a_server_echoing_the_key_never_gets_it_into_errors_or_logs(no_leaks, ca
 
 def ticket_peer(tickets: list):
     """Mints tickets and a wsUrl carrying the ticket in its path and under another query
-    name; answers everything else, the upgrade too, with a 503 page quoting the request."""
+    name; answers everything else, the upgrade too, with a 503 page quoting every ticket
+    (raw and percent-encoded) and the request."""
     def answer(handler):
         if handler.command == "POST":
             ticket = f"tk/{len(tickets)}+{uuid.uuid4().hex}="
@@ -1836,7 +1837,8 @@ def ticket_peer(tickets: list):
             port = handler.server.server_address[1]
             answer_json(handler, {"ticket": ticket, "wsUrl": f"ws://127.0.0.1:{port}/api/ws/{quoted}?token={quoted}"})
             return
-        page = f"no socket here: {handler.requestline}\n{handler.headers}".encode()
+        seen = " ".join(f"{ticket} {urllib.parse.quote(ticket, safe='').lower()}" for ticket in tickets)
+        page = f"tickets seen: {seen}; no socket here: {handler.requestline}\n{handler.headers}".encode()
         handler.send_response(503)
         handler.send_header("Content-Type", "text/plain")
         handler.send_header("Content-Length", str(len(page)))
