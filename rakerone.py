@@ -752,25 +752,34 @@ def _backoff(attempt: int, base: float, cap: float) -> float:
 
 
 class _Attempt:
-    """One bounded piece of network work; ``connection`` is whatever holds its socket
-    (a urllib3 connection or a WebSocket: both keep it as ``.sock``)."""
+    """One bounded piece of network work, and how to cut it short at its deadline.
 
-    __slots__ = ("deadline", "connection", "expired")
+    ``sock`` is its socket, as our own connections report it the moment it exists
+    (``connection.sock`` alone would miss a response read after http.client let go
+    of the socket: any answer with ``Connection: close`` or without a length).
+    Otherwise ``connection`` is whatever holds it: a WebSocket (``.sock``), or the
+    response of a session's own adapter (urllib3 2.3+ can ``shutdown()`` it).
+    """
+
+    __slots__ = ("deadline", "sock", "connection", "expired")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
+        self.sock: Optional[socket.socket] = None
         self.connection: Any = None
         self.expired = False
 
     def abort(self) -> None:
         """Called at the deadline: unblock whatever is reading (close alone would not)."""
         self.expired = True
-        sock = getattr(self.connection, "sock", None)
-        if sock is not None:
-            try:
+        sock = self.sock if self.sock is not None else getattr(self.connection, "sock", None)
+        try:
+            if sock is not None:
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            elif callable(getattr(self.connection, "shutdown", None)):
+                self.connection.shutdown()
+        except (OSError, ValueError, RuntimeError):  # already closed, or already released
+            pass
 
 
 class _Watchdog:
@@ -789,6 +798,7 @@ class _Watchdog:
         self._thread: Optional[threading.Thread] = None
         self._wake_at = float("inf")
         self._stopping = False
+        self._pid = os.getpid()
 
     def watch(self, attempt: _Attempt) -> None:
         with self._condition:
@@ -804,8 +814,11 @@ class _Watchdog:
             self._attempts.discard(attempt)
 
     def stop(self) -> None:
+        if self._pid != os.getpid():
+            return  # a forked child: the thread stayed in the parent, maybe holding the lock
         with self._condition:
-            thread, self._stopping = self._thread, True
+            thread = self._thread
+            self._stopping = thread is not None  # else the next thread would stop at once
             self._condition.notify()
         if thread is not None and thread is not threading.current_thread():
             thread.join()
@@ -851,22 +864,25 @@ _current = threading.local()
 
 
 class _ReportingConnectionMixin:
-    """Tells the current attempt which connection carries it, when it connects and
-    each time it sends (connections are reused)."""
+    """Tells the current attempt which socket carries it: as soon as a new one is
+    connected (before any proxy tunnel or TLS handshake, which could drip too), and
+    each time a pooled one is reused."""
 
-    def connect(self) -> None:
-        _report_connection(self)
-        super().connect()  # type: ignore[misc]
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()  # type: ignore[misc]
+        _report_socket(sock)
+        return sock
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
-        _report_connection(self)
+        if self.sock is not None:  # type: ignore[attr-defined]
+            _report_socket(self.sock)  # type: ignore[attr-defined]
         return super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-def _report_connection(connection: Any) -> None:
+def _report_socket(sock: socket.socket) -> None:
     attempt = getattr(_current, "attempt", None)
     if attempt is not None:
-        attempt.connection = connection
+        attempt.sock = sock
 
 
 class _ReportingHTTPConnection(_ReportingConnectionMixin, urllib3.connection.HTTPConnection):
@@ -1193,7 +1209,9 @@ class Client:
                 if attempt and isinstance(error, APIConnectionError):
                     error.args = (f"{error} (after {attempt + 1} attempts)",)
                 raise error from failure.cause
-            logger.info("%s: %s; retry %d of %d in %.2f s", what, failure.error, attempt + 1,
+            # The message, not the error: a handler keeping records would keep the error's
+            # response alive, and with it (urllib3 2) its pool and the pool's sockets.
+            logger.info("%s: %s; retry %d of %d in %.2f s", what, str(failure.error), attempt + 1,
                         self.max_retries, delay)
             self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -1249,7 +1267,13 @@ class Client:
                                               timeout=timeout, **route)
             except _Redirected as redirected:
                 response = redirected.response
-            attempt.connection = attempt.connection or getattr(response.raw, "connection", None)
+            except requests.HTTPError as raised:  # a session hook's raise_for_status()
+                if raised.response is None:
+                    raise
+                response = raised.response  # judged below like any other answer
+            if attempt.sock is None:  # a session's own adapter: find the socket through the answer
+                attempt.sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+                attempt.connection = response.raw  # urllib3 2.3+ can shut it down even then
             content = self._read_body(response, what)
         except requests.RequestException as exc:
             failure = self._network_failure(exc, what, attempt)
@@ -1260,6 +1284,8 @@ class Client:
             self._watchdog.unwatch(attempt)
             if response is not None:
                 response.close()
+        if attempt.expired:  # the cut can read as the end of a body: whatever came, it is late
+            failure = self._timed_out(what, failure.cause if failure is not None else None)
         if failure is not None:
             raise failure
         assert response is not None
@@ -1342,9 +1368,7 @@ class Client:
         reason = _describe_network_error(exc)
         root = _root_cause(exc)
         if attempt.expired:
-            return _AttemptFailed(APITimeoutError(
-                f"{what} timed out after {self._attempt_seconds:g} s (the limit for connecting, "
-                "sending and reading the whole answer)"), exc)
+            return self._timed_out(what, exc)
         if isinstance(exc, requests.exceptions.ProxyError) and re.search(r"\b407\b", reason):
             return _AttemptFailed(ProxyAuthenticationError(
                 f"{what}: the proxy refused to carry the request ({reason}); check the "
@@ -1361,6 +1385,11 @@ class Client:
         if isinstance(exc, requests.exceptions.Timeout) or isinstance(root, (socket.timeout, urllib3.exceptions.ReadTimeoutError)):
             return _AttemptFailed(APITimeoutError(f"{what} timed out after {self._attempt_seconds:g} s"), exc)
         return _AttemptFailed(APIConnectionError(f"{what}: the connection failed ({reason})"), exc)
+
+    def _timed_out(self, what: str, cause: Optional[BaseException]) -> _AttemptFailed:
+        return _AttemptFailed(APITimeoutError(
+            f"{what} timed out after {self._attempt_seconds:g} s (the limit for connecting, "
+            "sending and reading the whole answer)"), cause)
 
     def _status_failure(self, response: requests.Response, content: bytes, what: str) -> _AttemptFailed:
         status = response.status_code
@@ -1616,10 +1645,17 @@ def _socket_sslopt(route: Mapping[str, Any]) -> dict:
 
 
 def _socket_proxy_options(url: str, proxies: Mapping[str, str]) -> dict:
-    """websocket-client proxy options for the proxy requests would use for this URL."""
+    """websocket-client proxy options for exactly the proxy requests would use for this
+    URL, or for none: websocket-client must not decide again from the environment or
+    its own defaults (a session with ``trust_env=False`` means no environment at all).
+
+    websocket-client reads ``http_no_proxy`` only along with a proxy host, so "no
+    proxy" is a host it never contacts with every host exempt, and a chosen proxy
+    comes with an exemption list that matches no host.
+    """
     proxy = requests.utils.select_proxy(_as_http(url), proxies)
     if not proxy:
-        return {"http_no_proxy": ["*"]}  # and stop websocket-client reading the env itself
+        return {"http_proxy_host": "unused.invalid", "http_proxy_port": 9, "http_no_proxy": ["*"]}
     parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
     if parts.scheme not in _PROXY_TYPES:
         raise StreamError(f"websocket-client cannot use a {parts.scheme!r} proxy; "
@@ -1628,6 +1664,7 @@ def _socket_proxy_options(url: str, proxies: Mapping[str, str]) -> dict:
         "proxy_type": parts.scheme,
         "http_proxy_host": parts.hostname,
         "http_proxy_port": parts.port or 80,
+        "http_no_proxy": ["unused.invalid"],
     }
     if parts.username:
         options["http_proxy_auth"] = (unquote(parts.username), unquote(parts.password or ""))

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
+import gzip
+import http.server
 import json
 import logging
 import os
 import pty
 import random
+import select
+import selectors
 import shlex
 import shutil
 import signal
 import socket
+import socketserver
 import ssl
 import subprocess
 import sys
 import threading
 import time
 import traceback
+import urllib.parse
 import uuid
+import zlib
 
 import h11
 import pytest
@@ -1896,6 +1904,1221 @@ def test_unusable_outage_budgets_and_size_limits_are_refused_before_any_traffic(
         stream_client.iter_run_events(PROJECT, RUN, **options)
 
     assert fake.requests_seen == []
+
+
+# -- Where users run it: fork, threads, sessions, proxies ------------------------------
+# Real servers on 127.0.0.1: the fake, a small scripted HTTP/1.1 peer for answers the
+# fake cannot give (drips, broken framing, compression, echoed headers), and a small
+# HTTP proxy (CONNECT tunnels and forward requests, or 407 for every one).
+
+#: Distinctive (any trace of it in a text is a leak), and changed by percent-encoding.
+ODD_KEY = "sk-live+Zq8w/9e7r6t5y4u3i=="
+
+
+class ScriptedPeer:
+    """An HTTP/1.1 server on 127.0.0.1 answering each request with ``answer(handler)``.
+
+    It keeps every request's method, path and headers; ``stop()`` cuts every open
+    connection and joins every thread it started.
+    """
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.requests: list = []
+        self.connections = 0
+        self.stopping = threading.Event()
+        self._sockets: set = set()
+        self._lock = threading.Lock()
+        peer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                with peer._lock:
+                    peer._sockets.add(self.request)
+                    peer.connections += 1
+                super().setup()
+
+            def handle_one_request(self):
+                if not peer.stopping.is_set():
+                    super().handle_one_request()
+                else:
+                    self.close_connection = True
+
+            def do_GET(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                with peer._lock:
+                    peer.requests.append((self.command, self.path, dict(self.headers)))
+                try:
+                    peer.answer(self)
+                except OSError:  # the client went away: that is its right
+                    self.close_connection = True
+
+            do_POST = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = False
+            block_on_close = True  # server_close() joins every request thread
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self._server.peer_stopping = self.stopping  # for answers that write for long
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="scripted-peer")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/api"
+
+    def __enter__(self) -> ScriptedPeer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stopping.set()
+        self._server.shutdown()
+        self._thread.join()
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._server.server_close()
+
+
+def answer_json(handler, body, status=200, headers=()) -> None:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    for name, value in headers:
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def answer_run(handler) -> None:
+    """Each run id answered with a run of that id (so a mixed-up answer shows)."""
+    answer_json(handler, {"run": {"id": handler.path.rsplit("/", 1)[1], "status": "running"}})
+
+
+def peer_stopping(handler) -> bool:
+    """For answers that write for long: has the ScriptedPeer been asked to stop?"""
+    return handler.server.peer_stopping.is_set()
+
+
+class LoopbackProxy:
+    """An HTTP proxy on 127.0.0.1 for loopback targets only: CONNECT tunnels, and plain
+    requests in absolute form forwarded as they are; both spliced both ways.
+
+    ``refuse_from`` (a count of requests already served) makes it answer 407 from then on.
+    """
+
+    def __init__(self, refuse_from=None) -> None:
+        self.refuse_from = refuse_from
+        self.tunnels = self.forwards = self.refusals = 0
+        self._lock = threading.Lock()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.05)
+        self._stopping = threading.Event()
+        self._sockets: set = set()
+        self._threads: list = []
+        self._thread = threading.Thread(target=self._accept, name="loopback-proxy")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    @property
+    def hits(self) -> int:
+        return self.tunnels + self.forwards + self.refusals
+
+    def __enter__(self) -> LoopbackProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stopping.set()
+        self._thread.join()
+        with self._lock:
+            sockets, threads = list(self._sockets), list(self._threads)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in threads:
+            thread.join()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            thread = threading.Thread(target=self._serve, args=(conn,), name="loopback-proxy-conn")
+            with self._lock:
+                self._sockets.add(conn)
+                self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        opened = [conn]
+        try:
+            self._relay(conn, opened)
+        except OSError:
+            pass
+        finally:
+            for sock in opened:
+                sock.close()
+
+    def _relay(self, conn: socket.socket, opened: list) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 65536:
+            data = conn.recv(65536)
+            if not data:
+                return
+            head += data
+        method, target = head.split(b" ", 2)[:2]
+        with self._lock:
+            refuse = self.refuse_from is not None and self.hits >= self.refuse_from
+            if refuse:
+                self.refusals += 1
+            elif method == b"CONNECT":
+                self.tunnels += 1
+            else:
+                self.forwards += 1
+        if refuse:
+            conn.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"t\"\r\n"
+                         b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        if method == b"CONNECT":
+            host, port = target.decode().rsplit(":", 1)
+            rest = head.split(b"\r\n\r\n", 1)[1]
+        else:
+            parts = urllib.parse.urlsplit(target.decode())
+            host, port, rest = parts.hostname, parts.port or 80, head
+        if host not in ("127.0.0.1", "localhost"):
+            return  # tests only ever talk to loopback
+        upstream = socket.create_connection(("127.0.0.1", int(port)), timeout=5)
+        opened.append(upstream)
+        with self._lock:
+            self._sockets.add(upstream)
+        if method == b"CONNECT":
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        if rest:
+            upstream.sendall(rest)
+        self._splice(conn, upstream)
+
+    def _splice(self, one: socket.socket, other: socket.socket) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(one, selectors.EVENT_READ, other)
+            selector.register(other, selectors.EVENT_READ, one)
+            while not self._stopping.is_set():
+                for key, _ in selector.select(0.05):
+                    try:
+                        data = key.fileobj.recv(65536)
+                        if not data:
+                            return
+                        key.data.sendall(data)
+                    except OSError:
+                        return
+
+
+def run_children(count: int, work, timeout: float = 30.0) -> list:
+    """Fork ``count`` children, start them together, and return what each ``work(index)``
+    returned (JSON), or ``"died"``; a child still running at ``timeout`` is killed."""
+    go_read, go_write = os.pipe()
+    children = []
+    try:
+        for index in range(count):
+            result_read, result_write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: never return into pytest
+                status = 1
+                try:
+                    os.close(go_write)
+                    os.read(go_read, 1)
+                    os.write(result_write, json.dumps(work(index)).encode())
+                    status = 0
+                finally:
+                    os._exit(status)
+            os.close(result_write)
+            children.append((pid, result_read))
+        os.write(go_write, b"go" * count)
+        deadline = time.monotonic() + timeout
+        return [read_child(pid, fd, deadline) for pid, fd in children]
+    finally:
+        os.close(go_read)
+        os.close(go_write)
+        for pid, fd in children:
+            os.close(fd)
+            if os.waitpid(pid, os.WNOHANG) == (0, 0):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)  # every child is reaped, none outlives the test
+
+
+def read_child(pid: int, fd: int, deadline: float):
+    data = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+        if not ready:
+            return "timed out"
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return json.loads(data) if data else "died"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
+def test_forked_children_never_get_each_others_answers(no_leaks):
+    def calls_in_threads(child):  # 50 calls: 5 threads of 10, from the first one after the fork
+        results = {}
+
+        def calls(thread):
+            for call in range(10):
+                run_id = f"child{child}_{thread * 10 + call}"
+                try:
+                    results[run_id] = client.get_run(PROJECT, run_id).id
+                except rakerone.RakerOneError as exc:
+                    results[run_id] = type(exc).__name__
+        threads = [threading.Thread(target=calls, args=(thread,)) for thread in range(5)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results
+
+    with ScriptedPeer(answer_run) as peer, \
+            rakerone.Client(ODD_KEY, base_url=peer.base_url, timeout=10, max_retries=0) as client:
+        assert client.get_run(PROJECT, "parent_0").id == "parent_0"  # a pooled connection to inherit
+
+        started = time.monotonic()
+        results = run_children(4, calls_in_threads)
+        elapsed = time.monotonic() - started
+        connections = peer.connections
+
+        assert client.get_run(PROJECT, "parent_1").id == "parent_1"
+        assert peer.connections == connections  # on the parent's own connection: the children left it be
+    wrong = {run_id: got for result in results if isinstance(result, dict)
+             for run_id, got in result.items() if got != run_id}
+    assert [len(result) if isinstance(result, dict) else result for result in results] == [50] * 4
+    assert wrong == {}
+    print(f"fork: 4 children x 50 get_run in {elapsed:.2f} s")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
+def test_a_forked_child_can_close_the_client_whatever_the_parent_was_doing(no_leaks):
+    with ScriptedPeer(answer_run) as peer, rakerone.Client(ODD_KEY, base_url=peer.base_url) as client:
+        client.get_run(PROJECT, RUN)  # the watchdog thread runs
+        held, release = threading.Event(), threading.Event()
+
+        def busy_watchdog():  # as if the watchdog thread was at work at the fork
+            with client._watchdog._condition:
+                held.set()
+                release.wait()
+        holder = threading.Thread(target=busy_watchdog)
+        holder.start()
+        held.wait()
+        try:
+            results = run_children(1, lambda index: client.close() or "closed", timeout=5)
+        finally:
+            release.set()
+            holder.join()
+
+    assert results == ["closed"]
+
+
+
+#: A server for volume: one process (so it has a core of its own), one selector loop,
+#: the same answer to every request on every connection; on stdin's end it prints how
+#: many requests it served, and exits.
+CANNED_SERVER = r'''
+import json, selectors, socket, sys
+body = sys.argv[1].encode()
+answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(64)
+listener.setblocking(False)
+selector = selectors.DefaultSelector()
+selector.register(listener, selectors.EVENT_READ)
+selector.register(sys.stdin, selectors.EVENT_READ)
+print(listener.getsockname()[1], flush=True)
+pending, served = {}, 0
+while True:
+    for key, _ in selector.select():
+        if key.fileobj is sys.stdin:
+            print(served, flush=True)
+            raise SystemExit(0)
+        if key.fileobj is listener:
+            conn, _ = listener.accept()
+            selector.register(conn, selectors.EVENT_READ)
+            pending[conn] = b""
+            continue
+        conn = key.fileobj
+        data = conn.recv(65536)
+        if not data:
+            selector.unregister(conn)
+            conn.close()
+            continue
+        requests = (pending[conn] + data).split(b"\r\n\r\n")
+        pending[conn] = requests.pop()
+        served += len(requests)
+        conn.setblocking(True)
+        conn.sendall(answer * len(requests))
+        conn.setblocking(False)
+'''
+
+
+@contextlib.contextmanager
+def canned_server(body: dict):
+    """Serve ``body`` as JSON to every request; yield (base URL, a function giving the
+    count of requests served, after the with block)."""
+    server = subprocess.Popen([sys.executable, "-c", CANNED_SERVER, json.dumps(body)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    served = []
+    try:
+        port = int(server.stdout.readline())
+        yield f"http://127.0.0.1:{port}/api", lambda: served[0]
+    finally:
+        server.stdin.close()
+        served.append(int(server.stdout.readline() or -1))
+        server.stdout.close()
+        server.wait(timeout=10)
+
+
+def test_sixteen_threads_share_one_client_without_errors_or_pool_warnings(no_leaks, caplog):
+    errors = []
+
+    def calls():
+        for _ in range(1000):
+            try:
+                assert client.get_run(PROJECT, RUN).id == RUN
+            except Exception as exc:  # noqa: BLE001 - counted, whatever it is
+                errors.append(repr(exc))
+
+    caplog.set_level(logging.WARNING, logger="urllib3")
+    with canned_server({"run": {"id": RUN, "status": "running"}}) as (base_url, served), \
+            rakerone.Client(ODD_KEY, base_url=base_url, timeout=10) as client:
+        threads = [threading.Thread(target=calls) for _ in range(16)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - started
+
+    assert errors == []
+    assert served() == 16_000
+    assert "Connection pool is full" not in caplog.text
+    print(f"threads: 16 x 1,000 get_run in {elapsed:.2f} s")
+
+
+class CountingAdapter(requests.adapters.HTTPAdapter):
+    """A user's own adapter: counts what it sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sends = 0
+
+    def send(self, request, **kwargs):
+        self.sends += 1
+        return super().send(request, **kwargs)
+
+
+def answer_run_with_a_cookie(handler) -> None:
+    answer_json(handler, {"run": {"id": RUN, "status": "running"}}, headers=[("Set-Cookie", "visit=v1; Path=/")])
+
+
+def test_a_session_passed_in_runs_its_hooks_and_keeps_its_cookies(no_leaks):
+    seen = []
+    with requests.Session() as session, ScriptedPeer(answer_run_with_a_cookie) as peer:
+        session.hooks["response"].append(lambda response, **_: seen.append(response.status_code))
+        with rakerone.Client(ODD_KEY, base_url=peer.base_url, session=session) as client:
+            client.get_run(PROJECT, RUN)
+            client.get_run(PROJECT, RUN)
+
+    assert seen == [200, 200]
+    assert session.cookies.get("visit") == "v1"
+    assert [headers.get("Cookie") for _, _, headers in peer.requests] == [None, "visit=v1"]
+
+
+def test_an_adapter_mounted_after_the_client_was_made_carries_its_requests(no_leaks):
+    adapter = CountingAdapter()
+    with requests.Session() as session, ScriptedPeer(answer_run) as peer:
+        with rakerone.Client(ODD_KEY, base_url=peer.base_url, session=session) as client:
+            session.mount(peer.base_url, adapter)
+            client.get_run(PROJECT, RUN)
+
+    assert adapter.sends == 1 and len(peer.requests) == 1
+
+
+def test_a_session_hook_that_raises_for_status_still_gives_our_error_class_once(no_leaks):
+    with requests.Session() as session, ScriptedPeer(lambda handler: answer_json(
+            handler, {"error": "not_found", "message": "no such run"}, status=404)) as peer:
+        session.hooks["response"].append(lambda response, **_: response.raise_for_status())
+        with rakerone.Client(ODD_KEY, base_url=peer.base_url, session=session) as client:
+            with pytest.raises(rakerone.NotFoundError, match="no such run"):
+                client.get_run(PROJECT, RUN)
+
+    assert len(peer.requests) == 1
+
+
+def test_the_session_ca_bundle_is_trusted_by_http_and_stream_without_client_verify(tls_fake):
+    fake, ca_bundle = tls_fake
+    with requests.Session() as session:
+        session.verify = ca_bundle
+        with rakerone.Client(fake.api_key, base_url=fake.base_url, session=session) as client:
+            assert client.get_run(PROJECT, RUN).status == "running"
+            assert [event.id for event in client.iter_run_events(PROJECT, RUN)] == ["e1"]
+
+
+def test_an_explicit_client_verify_wins_over_the_session_verify(tls_fake, sleeps):
+    fake, ca_bundle = tls_fake
+    with requests.Session() as session:
+        session.verify = False  # would trust anything
+        with rakerone.Client(fake.api_key, base_url=fake.base_url, session=session, verify=True) as client:
+            client._sleep = sleeps.append
+            with pytest.raises(rakerone.APIConnectionError, match="TLS failed"):
+                client.get_run(PROJECT, RUN)
+            with pytest.raises(rakerone.RakerOneError, match="TLS failed"):
+                next(client.iter_run_events(PROJECT, RUN))
+        session.verify = "/nonexistent/ca.pem"  # would fail to load
+        with rakerone.Client(fake.api_key, base_url=fake.base_url, session=session, verify=ca_bundle) as client:
+            assert client.get_run(PROJECT, RUN).status == "running"
+            assert [event.id for event in client.iter_run_events(PROJECT, RUN)] == ["e1"]
+
+
+def test_a_session_that_does_not_trust_the_environment_keeps_its_proxies_off(tls_fake, monkeypatch):
+    fake, ca_bundle = tls_fake
+    for name in ("https_proxy", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, "http://proxy.invalid:3128")  # never resolves: nothing leaves
+    with requests.Session() as session:
+        session.verify, session.trust_env = ca_bundle, False
+        with rakerone.Client(fake.api_key, base_url=fake.base_url, session=session) as client:
+            assert client.get_run(PROJECT, RUN).status == "running"
+            assert [event.id for event in client.iter_run_events(PROJECT, RUN)] == ["e1"]
+
+
+def test_http_and_stream_tunnel_through_an_https_proxy_from_the_environment(tls_fake, monkeypatch):
+    fake, ca_bundle = tls_fake
+    with LoopbackProxy() as proxy:
+        monkeypatch.setenv("https_proxy", proxy.url)
+        with rakerone.Client(fake.api_key, base_url=fake.base_url, verify=ca_bundle) as client:
+            assert [event.id for event in client.iter_run_events(PROJECT, RUN)] == ["e1"]
+            tunnels_for_the_stream = proxy.tunnels
+            assert client.get_run(PROJECT, RUN).status == "running"
+
+    assert tunnels_for_the_stream == 2  # the ticket's, then the socket's
+    assert proxy.tunnels >= 2
+
+
+def test_plain_http_goes_through_a_loopback_proxy_and_the_stream_tunnels(fake, monkeypatch):
+    emit(fake, 1)
+    fake.finish_run_stream(PROJECT, RUN)
+    with LoopbackProxy() as proxy:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        with rakerone.Client(fake.api_key, base_url=fake.base_url) as client:
+            assert client.get_run(PROJECT, RUN).status == "running"
+            assert [event.id for event in client.iter_run_events(PROJECT, RUN)] == ["e1"]
+
+    assert proxy.forwards >= 1  # plain http is forwarded, not tunnelled...
+    assert proxy.tunnels == 1  # ...so the one tunnel is the socket's
+
+
+def test_the_stream_takes_the_session_proxy_even_where_the_environment_exempts_the_host(tls_fake, monkeypatch):
+    fake, ca_bundle = tls_fake
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")  # not for a session that ignores the environment
+    with LoopbackProxy() as proxy, requests.Session() as session:
+        session.trust_env, session.proxies = False, {"https": proxy.url}
+        with rakerone.Client(fake.api_key, base_url=fake.base_url, verify=ca_bundle, session=session) as client:
+            assert [event.id for event in client.iter_run_events(PROJECT, RUN)] == ["e1"]
+
+    assert proxy.tunnels == 2  # the ticket's, then the socket's
+
+
+@pytest.mark.parametrize("refused", ["http", "stream"])
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_a_proxy_answering_407_is_proxy_authentication_error_asked_once(tls_fake, fake, monkeypatch, sleeps,
+                                                                       scheme, refused):
+    server, ca_bundle = tls_fake if scheme == "https" else (fake, None)
+    with LoopbackProxy(refuse_from=0 if refused == "http" else 1) as proxy:
+        monkeypatch.setenv(f"{scheme}_proxy", proxy.url)
+        with rakerone.Client(server.api_key, base_url=server.base_url, verify=ca_bundle) as client:
+            client._sleep = sleeps.append
+            with pytest.raises(rakerone.ProxyAuthenticationError, match="proxy refused") as raised:
+                if refused == "http":
+                    client.get_run(PROJECT, RUN)
+                else:
+                    next(client.iter_run_events(PROJECT, RUN))
+
+    assert proxy.refusals == 1 and sleeps == []
+    assert "credentials" in str(raised.value)
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("http_proxy", "http://proxy.invalid:3128"),  # .invalid never resolves: nothing can leave
+    ("HTTP_PROXY", "proxy.invalid:3128"),
+    ("all_proxy", "http://user:pass@proxy.invalid:3128"),
+])
+def test_plain_http_through_a_remote_proxy_is_refused_before_any_traffic(fake, monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(rakerone.ConfigurationError, match="proxy.invalid") as raised:
+        rakerone.Client(fake.api_key, base_url=fake.base_url)
+
+    assert "allow_insecure_http=True" in str(raised.value) and fake.api_key not in str(raised.value)
+    assert fake.requests_seen == []
+
+
+def test_a_remote_proxy_set_on_the_session_later_is_refused_before_any_traffic(fake):
+    with requests.Session() as session, \
+            rakerone.Client(fake.api_key, base_url=fake.base_url, session=session) as client:
+        session.proxies["http"] = "http://proxy.invalid:3128"
+        with pytest.raises(rakerone.ConfigurationError, match="proxy.invalid"):
+            client.get_run(PROJECT, RUN)
+        with pytest.raises(rakerone.ConfigurationError, match="proxy.invalid"):
+            next(client.iter_run_events(PROJECT, RUN))
+
+    assert fake.requests_seen == []
+
+
+def test_allow_insecure_http_lets_a_remote_proxy_carry_plain_http(fake, monkeypatch, sleeps):
+    monkeypatch.setenv("http_proxy", "http://proxy.invalid:3128")
+
+    with rakerone.Client(fake.api_key, base_url=fake.base_url, allow_insecure_http=True, max_retries=0) as client:
+        route = client._route(fake.base_url)
+        with pytest.raises(rakerone.APIConnectionError, match="proxy.invalid|resolve|Name or service"):
+            client.get_run(PROJECT, RUN)  # the proxy's name never resolves
+
+    assert requests.utils.select_proxy(fake.base_url, route["proxies"]) == "http://proxy.invalid:3128"
+    assert fake.requests_seen == []
+
+
+def secret_fragments(secret: str) -> list:
+    """Every 8-character piece of a secret, raw and percent-encoded: any one in a text is a leak."""
+    forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret), urllib.parse.quote_plus(secret)}
+    return sorted({form[i:i + 8].lower() for form in forms for i in range(len(form) - 7)})
+
+
+def leaked(texts, *secrets) -> list:
+    text = "\n".join(texts).lower()
+    return [fragment for secret in secrets for fragment in secret_fragments(secret) if fragment in text]
+
+
+def error_texts(error: BaseException) -> list:
+    """What a user or a crash report sees of an error: its message, and the whole
+    traceback with every chained cause and context."""
+    return [str(error), "".join(traceback.format_exception(type(error), error, error.__traceback__))]
+
+
+#: Ways a server echoes what it was sent, each at the start of its page (so inside the
+#: quoted excerpt); "straddling" puts the key across the excerpt's 200-character cut.
+ECHOES = {
+    "headers": lambda handler, key: "<pre>" + str(handler.headers) + "</pre>",
+    "straddling": lambda handler, key: "x" * 195 + key,
+    "percent-encoded": lambda handler, key: "key=" + urllib.parse.quote(key, safe="").lower(),
+    "other query name": lambda handler, key: f"/login?access_token={key}&next=/",
+    "json-escaped": lambda handler, key: "<p>" + json.dumps({"seen": f'"{key}"'}),
+}
+
+
+def echo_page(echo: str, status: int):
+    def answer(handler):
+        key = handler.headers["Authorization"].split(" ", 1)[1]
+        page = ECHOES[echo](handler, key).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "text/html")
+        handler.send_header("Content-Length", str(len(page)))
+        handler.end_headers()
+        handler.wfile.write(page)
+    return answer
+
+
+@pytest.mark.parametrize("status", [200, 500, 404])
+@pytest.mark.parametrize("echo", sorted(ECHOES))
+def test_a_server_echoing_the_key_never_gets_it_into_errors_or_logs(no_leaks, caplog, echo, status):
+    caplog.set_level(logging.DEBUG)
+    with ScriptedPeer(echo_page(echo, status)) as peer, \
+            rakerone.Client(ODD_KEY, base_url=peer.base_url, max_retries=1) as client:
+        client._sleep = lambda seconds: None
+        with pytest.raises(rakerone.APIError) as raised:
+            client.get_run(PROJECT, RUN)
+
+    assert "***" in str(raised.value)  # the echo was quoted, redacted
+    assert leaked(error_texts(raised.value) + [caplog.text], ODD_KEY) == []
+
+
+def ticket_peer(tickets: list):
+    """Mints tickets and a wsUrl carrying the ticket in its path and under another query
+    name; answers everything else, the upgrade too, with a 503 page quoting every ticket
+    (raw and percent-encoded) and the request."""
+    def answer(handler):
+        if handler.command == "POST":
+            ticket = f"tk/{len(tickets)}+{uuid.uuid4().hex}="
+            tickets.append(ticket)
+            quoted = urllib.parse.quote(ticket, safe="")
+            port = handler.server.server_address[1]
+            answer_json(handler, {"ticket": ticket, "wsUrl": f"ws://127.0.0.1:{port}/api/ws/{quoted}?token={quoted}"})
+            return
+        seen = " ".join(f"{ticket} {urllib.parse.quote(ticket, safe='').lower()}" for ticket in tickets)
+        page = f"tickets seen: {seen}; no socket here: {handler.requestline}\n{handler.headers}".encode()
+        handler.send_response(503)
+        handler.send_header("Content-Type", "text/plain")
+        handler.send_header("Content-Length", str(len(page)))
+        handler.end_headers()
+        handler.wfile.write(page)
+    return answer
+
+
+@pytest.mark.filterwarnings("ignore:the max_reconnects option:DeprecationWarning")  # two tickets exactly
+def test_a_ticket_in_the_ws_url_path_or_another_query_name_never_gets_into_errors_or_logs(no_leaks, caplog):
+    caplog.set_level(logging.DEBUG)
+    tickets = []
+    with ScriptedPeer(ticket_peer(tickets)) as peer, \
+            rakerone.Client(ODD_KEY, base_url=peer.base_url, max_retries=0) as client:
+        client._sleep = lambda seconds: None
+        with pytest.raises(rakerone.StreamDisconnectedError) as raised:
+            next(client.iter_run_events(PROJECT, RUN, max_reconnects=1))
+        with pytest.raises(rakerone.APIError) as quoted_later:
+            client.get_run(PROJECT, RUN)  # a page quoting every ticket minted
+
+    assert len(tickets) == 2 and "connecting to" in caplog.text
+    texts = error_texts(raised.value) + error_texts(quoted_later.value) + [caplog.text]
+    assert leaked(texts, ODD_KEY, *tickets) == []
+
+
+def test_the_cli_never_prints_the_key_a_server_echoed(no_leaks):
+    with ScriptedPeer(echo_page("headers", 200)) as peer:
+        env = dict(os.environ, RAKERONE_API_KEY=ODD_KEY, RAKERONE_BASE_URL=peer.base_url, PYTHONUNBUFFERED="1")
+        result = subprocess.run(rakerone_command() + ["-v", "run", "get", PROJECT, RUN], env=env,
+                                capture_output=True, text=True, timeout=20)
+
+    assert result.returncode == 5 and "not JSON" in result.stderr
+    assert leaked([result.stdout, result.stderr], ODD_KEY) == []
+
+
+@pytest.fixture
+def keyed_fake(no_leaks):
+    """The fake, serving a distinctive key (so any trace of it shows)."""
+    with rakerone_fake.FakeRakerOne(api_key=ODD_KEY) as server:
+        server.add_run(PROJECT, {"id": RUN, "status": "running"})
+        emit(server, 1)
+        yield server
+
+
+@pytest.mark.parametrize("code, reason", [
+    pytest.param(4401, "Bearer {key} ?ticket={ticket}", id="4401 quoting as header and query"),
+    pytest.param(4401, "{key} {ticket}", id="4401 quoting them bare"),
+    pytest.param(1011, "Bearer {key} ?ticket={ticket}", id="1011 reconnect"),
+    pytest.param(4000, "Bearer {key} ?ticket={ticket}", id="4000 unknown"),
+])
+def test_a_close_reason_echoing_the_key_and_ticket_never_gets_into_errors_or_logs(keyed_fake, caplog,
+                                                                                  code, reason):
+    caplog.set_level(logging.DEBUG)
+    with rakerone.Client(ODD_KEY, base_url=keyed_fake.base_url) as client:
+        client._sleep = lambda seconds: None
+        tickets = record_tickets(client)
+        events = client.iter_run_events(PROJECT, RUN, max_outage=0, idle_timeout=2)  # 4401: one fresh ticket
+        next(events)
+        keyed_fake.close_streams(code, reason.format(key=ODD_KEY, ticket=tickets[0]))
+        with pytest.raises(rakerone.RakerOneError) as raised:
+            next(events)
+
+    assert leaked(error_texts(raised.value) + [caplog.text], ODD_KEY, *tickets) == []
+
+
+def test_a_frame_echoing_the_key_and_ticket_never_gets_into_errors_or_logs(keyed_fake, caplog):
+    caplog.set_level(logging.DEBUG)
+    with rakerone.Client(ODD_KEY, base_url=keyed_fake.base_url) as client:
+        tickets = record_tickets(client)
+        events = client.iter_run_events(PROJECT, RUN)
+        next(events)
+        keyed_fake.send_raw_frame(f"{ODD_KEY} {tickets[0]} <not json>")
+        with pytest.raises(rakerone.StreamError) as raised:
+            next(events)
+
+    assert leaked(error_texts(raised.value) + [caplog.text], ODD_KEY, *tickets) == []
+
+
+def test_repr_of_a_half_built_client_does_not_raise():
+    class Failing(rakerone.Client):
+        def __init__(self):
+            try:
+                super().__init__(ODD_KEY, base_url="ftp://example.invalid")
+            except rakerone.ConfigurationError:
+                self.seen_midway = repr(self)
+                raise
+
+    with pytest.raises(rakerone.ConfigurationError):
+        Failing()
+
+    assert repr(object.__new__(rakerone.Client)) == "<rakerone.Client base_url=None>"
+
+
+def test_the_client_asks_for_no_compression_even_through_a_session_that_would(no_leaks):
+    with requests.Session() as session, ScriptedPeer(answer_run) as peer:
+        with rakerone.Client(ODD_KEY, base_url=peer.base_url) as client:
+            client.get_run(PROJECT, RUN)
+        with rakerone.Client(ODD_KEY, base_url=peer.base_url, session=session) as client:
+            client.get_run(PROJECT, RUN)
+
+    assert "gzip" in session.headers["Accept-Encoding"]
+    assert [headers["Accept-Encoding"] for _, _, headers in peer.requests] == ["identity", "identity"]
+
+
+#: Runs get_run in a fresh process (RAKERONE_* from the environment, options as JSON in
+#: argv[1]) and prints its outcome, duration and peak RSS growth: the high-water mark
+#: (VmHWM, reset through clear_refs just before the call) less the RSS before it.
+MEASURE_GET_RUN = r'''
+import json, sys, time
+import rakerone
+
+def status_kib(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+with rakerone.Client(max_retries=0, **json.loads(sys.argv[1])) as client:
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # the high-water mark starts again from here
+    before = status_kib("VmRSS")
+    started = time.monotonic()
+    try:
+        client.get_run("p", "r")
+        outcome = "returned"
+    except rakerone.RakerOneError as exc:
+        outcome = f"{type(exc).__name__}: {exc}"
+    seconds = time.monotonic() - started
+    growth = status_kib("VmHWM") - before
+print(json.dumps({"outcome": outcome[:300], "seconds": round(seconds, 3), "rss_growth_mib": round(growth / 1024, 1)}))
+'''
+
+
+def measure_get_run(base_url: str, **options) -> dict:
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("measures memory through Linux's /proc")
+    env = dict(os.environ, RAKERONE_API_KEY=ODD_KEY, RAKERONE_BASE_URL=base_url)
+    result = subprocess.run([sys.executable, "-c", MEASURE_GET_RUN, json.dumps(options)], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout)
+    print(f"{base_url} {options}: {measured}")
+    return measured
+
+
+GIB_OF_ZEROS_GZIPPED = gzip.compress(bytes(1 << 20)) * 1024  # 1 MB of gzip members, 1 GiB inflated
+
+
+def answer_body(body: bytes, status=200, headers=(), framing="length", repeat=1):
+    """Send ``body`` ``repeat`` times, framed by Content-Length, chunked, or the close."""
+    def answer(handler):
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        for name, value in headers:
+            handler.send_header(name, value)
+        if framing == "length":
+            handler.send_header("Content-Length", str(len(body) * repeat))
+        elif framing == "chunked":
+            handler.send_header("Transfer-Encoding", "chunked")
+        else:
+            handler.send_header("Connection", "close")
+            handler.close_connection = True
+        handler.end_headers()
+        for _ in range(repeat):
+            if peer_stopping(handler):
+                return
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(body), body) if framing == "chunked" else body)
+        if framing == "chunked":
+            handler.wfile.write(b"0\r\n\r\n")
+    return answer
+
+
+@pytest.mark.parametrize("encoding, body", [
+    ("gzip", GIB_OF_ZEROS_GZIPPED),
+    ("deflate", zlib.compress(json.dumps({"run": {"id": RUN}}).encode())),
+    ("br", b"\x8b\x00\x80" + b"{}" + b"\x03"),
+    ("gzip, identity", gzip.compress(b"{}")),
+])
+def test_a_compressed_answer_is_refused_unread_without_decompressing_it(no_leaks, encoding, body):
+    with ScriptedPeer(answer_body(body, headers=[("Content-Encoding", encoding)])) as peer:
+        measured = measure_get_run(peer.base_url)
+
+    assert measured["outcome"].startswith("UnexpectedResponseError") and "compressed" in measured["outcome"]
+    assert measured["rss_growth_mib"] < 32 and measured["seconds"] < 5  # 1 GiB, had it been inflated
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_a_body_over_max_response_bytes_is_refused_and_not_retried(no_leaks, sleeps, framing):
+    body = json.dumps({"run": {"id": RUN, "padding": "x" * 2000}}).encode()
+    with ScriptedPeer(answer_body(body, framing=framing)) as peer:
+        with rakerone.Client(ODD_KEY, base_url=peer.base_url, max_response_bytes=len(body)) as client:
+            assert client.get_run(PROJECT, RUN).id == RUN  # exactly the limit is fine
+        with rakerone.Client(ODD_KEY, base_url=peer.base_url, max_response_bytes=len(body) - 1) as client:
+            client._sleep = sleeps.append
+            with pytest.raises(rakerone.ResponseTooLargeError, match="max_response_bytes") as raised:
+                client.get_run(PROJECT, RUN)
+
+    assert ("announced" in str(raised.value)) == (framing == "length")
+    assert len(peer.requests) == 2 and sleeps == []
+
+
+@pytest.mark.parametrize("framing, status, refused_as, rss_bound_mib", [
+    ("length", 200, "ResponseTooLargeError", 16),  # refused on the announcement, unread
+    ("chunked", 200, "ResponseTooLargeError", 48),  # read up to the 16 MiB cap, then refused
+    ("length", 500, "ServerError", 8),  # an error page is read only as far as its message needs
+])
+def test_a_256_mib_answer_costs_no_more_than_the_cap(no_leaks, framing, status, refused_as, rss_bound_mib):
+    with ScriptedPeer(answer_body(bytes(1 << 20), status=status, framing=framing, repeat=256)) as peer:
+        measured = measure_get_run(peer.base_url)
+
+    assert measured["outcome"].startswith(refused_as)
+    assert measured["rss_growth_mib"] < rss_bound_mib and measured["seconds"] < 10
+
+
+RUN_BODY = json.dumps({"run": {"id": RUN, "status": "running", "padding": "x" * 100}}).encode()
+
+
+def drip(handler, data: bytes, every: float = 0.2) -> None:
+    """Write ``data`` one byte at a time, until done, the client leaves or the peer stops."""
+    for byte in data:
+        if peer_stopping(handler):
+            return
+        handler.wfile.write(bytes([byte]))
+        handler.wfile.flush()
+        time.sleep(every)
+
+
+def answer_dripping(part: str):
+    answered = []
+
+    def answer(handler):
+        if part == "headers, on a reused connection" and not answered:
+            answered.append(handler.path)
+            answer_json(handler, RUN_BODY)  # kept alive, for the next request
+            return
+        handler.close_connection = True
+        head = [b"HTTP/1.1 200 OK", b"Content-Type: application/json"]
+        if part == "body, chunked":
+            head.append(b"Transfer-Encoding: chunked")
+            body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(RUN_BODY), RUN_BODY)
+        elif part == "body, until the close":
+            head.append(b"Connection: close")
+            body = RUN_BODY
+        else:
+            head.append(b"Content-Length: %d" % len(RUN_BODY))
+            body = RUN_BODY
+        head = b"\r\n".join(head) + b"\r\n\r\n"
+        if part.startswith("headers"):
+            drip(handler, head + body)
+        else:
+            handler.wfile.write(head)
+            drip(handler, body)
+    return answer
+
+
+DRIPS = ["headers", "body, with a length", "body, chunked", "body, until the close", "headers, on a reused connection"]
+
+
+@pytest.mark.parametrize("part", DRIPS)
+def test_a_dripping_answer_times_out_within_the_timeout(no_leaks, part):
+    with ScriptedPeer(answer_dripping(part)) as peer, \
+            rakerone.Client(ODD_KEY, base_url=peer.base_url, timeout=1, max_retries=0) as client:
+        if part == "headers, on a reused connection":
+            client.get_run(PROJECT, RUN)
+        started = time.monotonic()
+        with pytest.raises(rakerone.APITimeoutError, match="timed out after 1 s"):
+            client.get_run(PROJECT, RUN)
+        elapsed = time.monotonic() - started
+
+    print(f"drip of the {part}: gave up after {elapsed:.2f} s (timeout=1, max_retries=0)")
+    assert elapsed < 5  # 1 s, with generous slack for a busy machine
+
+
+def test_a_dripping_answer_with_retries_takes_at_most_each_attempt_plus_backoff(no_leaks):
+    with ScriptedPeer(answer_dripping("body, with a length")) as peer, \
+            rakerone.Client(ODD_KEY, base_url=peer.base_url, timeout=1, max_retries=2) as client:
+        started = time.monotonic()
+        with pytest.raises(rakerone.APITimeoutError, match="after 3 attempts"):
+            client.get_run(PROJECT, RUN)
+        elapsed = time.monotonic() - started
+
+    print(f"drip of the body, 3 attempts: gave up after {elapsed:.2f} s (bound 3 x 1 s + 1.5 s backoff)")
+    assert len(peer.requests) == 3
+    assert elapsed < 3 * 1 + (0.5 + 1.0) + 3  # attempts, the largest backoffs, slack
+
+
+def test_a_client_used_again_after_close_still_keeps_its_deadline(no_leaks):
+    with ScriptedPeer(answer_dripping("body, with a length")) as peer:
+        client = rakerone.Client(ODD_KEY, base_url=peer.base_url, timeout=1, max_retries=0)
+        client.close()
+        started = time.monotonic()
+        with pytest.raises(rakerone.APITimeoutError):
+            client.get_run(PROJECT, RUN)
+        elapsed = time.monotonic() - started
+        client.close()
+
+    assert elapsed < 5
+
+
+class TcpPeer:
+    """A TCP server on 127.0.0.1 running ``answer(conn, stopping)`` for each connection,
+    each on a thread of its own; leaving the with block cuts and joins them all."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.stopping = threading.Event()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.05)
+        self._conns: list = []
+        self._threads: list = []
+        self._thread = threading.Thread(target=self._accept, name="raw-peer")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def __enter__(self) -> TcpPeer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stopping.set()
+        self._thread.join()
+        for conn in self._conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self._threads:
+            thread.join()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(conn,), name="raw-peer-conn")
+            self._conns.append(conn)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                self.answer(conn, self.stopping)
+            except OSError:
+                pass
+
+
+def dripping(data: bytes, every: float = 0.2):
+    """An answer for TcpPeer: read the request, then send ``data`` one byte at a time."""
+    def answer(conn, stopping):
+        conn.recv(65536)
+        for byte in data:
+            if stopping.wait(every):
+                return
+            conn.sendall(bytes([byte]))
+        stopping.wait()
+    return answer
+
+
+TLS_RECORD_START = b"\x16\x03\x03\x40\x00" + b"\x02" * 200  # a 16 KiB handshake record, never finished
+PROXY_TUNNEL_ANSWER = b"HTTP/1.1 200 Connection established\r\nX-Padding: " + b"x" * 200 + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("part", ["TLS handshake", "proxy CONNECT answer"])
+def test_a_dripping_tls_handshake_or_proxy_tunnel_times_out_within_the_timeout(no_leaks, monkeypatch,
+                                                                               refused_port, part):
+    with TcpPeer(dripping(TLS_RECORD_START if part == "TLS handshake" else PROXY_TUNNEL_ANSWER)) as peer:
+        if part == "TLS handshake":
+            base_url = f"https://{peer.address}/api"
+        else:
+            base_url = f"https://127.0.0.1:{refused_port}/api"  # never reached: the tunnel never opens
+            monkeypatch.setenv("https_proxy", f"http://{peer.address}")
+        with rakerone.Client(ODD_KEY, base_url=base_url, timeout=1, max_retries=0) as client:
+            started = time.monotonic()
+            with pytest.raises(rakerone.APITimeoutError):
+                client.get_run(PROJECT, RUN)
+            elapsed = time.monotonic() - started
+
+    print(f"drip of the {part}: gave up after {elapsed:.2f} s (timeout=1, max_retries=0)")
+    assert peer.connections == 1 and elapsed < 5
+
+
+@pytest.mark.parametrize("part", [
+    "body, with a length",
+    pytest.param("body, until the close", marks=pytest.mark.skipif(
+        not hasattr(urllib3.HTTPResponse, "shutdown"), reason="needs urllib3 2.3+ (HTTPResponse.shutdown)")),
+])
+def test_a_dripping_body_times_out_through_a_session_of_your_own(no_leaks, part):
+    with requests.Session() as session, ScriptedPeer(answer_dripping(part)) as peer, \
+            rakerone.Client(ODD_KEY, base_url=peer.base_url, timeout=1, max_retries=0, session=session) as client:
+        started = time.monotonic()
+        with pytest.raises(rakerone.APITimeoutError):
+            client.get_run(PROJECT, RUN)
+        elapsed = time.monotonic() - started
+
+    print(f"drip of the {part}, a session's own adapter: gave up after {elapsed:.2f} s")
+    assert elapsed < 5
+
+
+def ticket_for(ws_address: str):
+    """An API that mints tickets for a WebSocket at ``ws_address`` (and answers nothing else)."""
+    def answer(handler):
+        answer_json(handler, {"ticket": "t1", "wsUrl": f"ws://{ws_address}/api/ws?ticket=t1"})
+    return answer
+
+
+UPGRADE_ANSWER = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"X-Padding: " + b"x" * 200 + b"\r\n\r\n")
+
+
+@pytest.mark.parametrize("part", [
+    "upgrade answer",
+    pytest.param("proxy CONNECT answer", marks=pytest.mark.xfail(
+        strict=True, reason="websocket-client exposes its socket only once the tunnel and TLS are up: "
+                            "a dripping proxy holds the stream's opening (reported)")),
+])
+def test_a_dripping_stream_opening_gives_up_within_the_timeout(no_leaks, monkeypatch, part):
+    answer = UPGRADE_ANSWER if part == "upgrade answer" else b"HTTP/1.1 200 Connection established\r\n\r\n"
+    with TcpPeer(dripping(answer, every=0.15)) as dripper:  # 6 s of answer: longer than the bound
+        ws_address = dripper.address
+        if part == "proxy CONNECT answer":
+            monkeypatch.setenv("http_proxy", f"http://{dripper.address}")
+            monkeypatch.setenv("no_proxy", "127.0.0.1")  # the API is reached directly...
+            ws_address = ws_address.replace("127.0.0.1", "localhost")  # ...the socket through the proxy
+        with ScriptedPeer(ticket_for(ws_address)) as api, \
+                rakerone.Client(ODD_KEY, base_url=api.base_url, timeout=1, max_retries=0) as client:
+            started = time.monotonic()
+            with pytest.raises(rakerone.StreamDisconnectedError, match="longer than"):
+                next(client.iter_run_events(PROJECT, RUN, max_outage=0))
+            elapsed = time.monotonic() - started
+
+    print(f"drip of the stream's {part}: gave up after {elapsed:.2f} s (timeout=1)")
+    assert dripper.connections == 1 and elapsed < 5
+
+
+def answer_broken(kind: str):
+    def answer(handler):
+        handler.close_connection = True
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        if kind == "nested too deeply":
+            body = b"[" * 100_000 + b"]" * 100_000
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.write(body)
+        elif kind == "shorter than its length":
+            handler.send_header("Content-Length", str(len(RUN_BODY) + 100))
+            handler.end_headers()
+            handler.wfile.write(RUN_BODY)
+        else:
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.end_headers()
+            if kind == "a broken chunk size":
+                handler.wfile.write(b"zz\r\n" + RUN_BODY + b"\r\n0\r\n\r\n")
+            else:  # a chunk cut short
+                handler.wfile.write(b"%x\r\n%s" % (len(RUN_BODY), RUN_BODY[:10]))
+    return answer
+
+
+@pytest.mark.parametrize("kind, error_class", [
+    ("shorter than its length", rakerone.APIConnectionError),
+    ("a broken chunk size", rakerone.APIConnectionError),
+    ("a chunk cut short", rakerone.APIConnectionError),
+    ("nested too deeply", rakerone.UnexpectedResponseError),
+])
+def test_a_truncated_or_broken_body_is_a_named_error_and_retried(no_leaks, sleeps, kind, error_class):
+    with ScriptedPeer(answer_broken(kind)) as peer, \
+            rakerone.Client(ODD_KEY, base_url=peer.base_url, max_retries=2) as client:
+        client._sleep = sleeps.append
+        with pytest.raises(error_class) as raised:
+            client.get_run(PROJECT, RUN)
+
+    assert type(raised.value) is error_class
+    assert len(peer.requests) == 3 and len(sleeps) == 2
+
+
+def get_run_using(fake, **options):
+    """Ask the fake for a run with a client built from ``options`` (the fake's key and URL
+    unless given): traffic the fake sees, unless the input is refused first."""
+    options = {"api_key": fake.api_key, "base_url": fake.base_url, "max_retries": 0, **options}
+    with rakerone.Client(**options) as client:
+        return client.get_run(PROJECT, RUN)
+
+
+def stream_using(fake, **options):
+    with rakerone.Client(fake.api_key, base_url=fake.base_url) as client:
+        return next(client.iter_run_events(PROJECT, RUN, **options))
+
+
+# Each row would send something (or fail with a raw exception: UnicodeEncodeError,
+# InvalidHeader, OverflowError, TypeError) were the input not refused first.
+ODD_INPUTS = [
+    # (what, a call with the odd input, a word the message must hold)
+    ("key with a zero-width space", lambda f: get_run_using(f, api_key="sk-live-Zq8w\u200b9e7r6t5y4u3i"), "U+200B"),
+    ("key with a non-Latin-1 character", lambda f: get_run_using(f, api_key="sk-live-Zq8w\u043a9e7r6t5y4u3i"),
+     "U+043A"),
+    ("key with an accented letter", lambda f: get_run_using(f, api_key="sk-live-Zq8w\u00e99e7r6t5y4u3i"), "U+00E9"),
+    ("key with a space", lambda f: get_run_using(f, api_key="sk-live-Zq8w 9e7r6t5y4u3i"), "U+0020"),
+    ("key with a trailing line break", lambda f: get_run_using(f, api_key="sk-live-Zq8w9e7r6t5y4u3i\n"), "U+000A"),
+    ("user agent with a leading space", lambda f: get_run_using(f, user_agent=" my-app/1.2"), "user_agent"),
+    ("user agent with a line break", lambda f: get_run_using(f, user_agent="my-app/1.2\nX-Evil: 1"), "user_agent"),
+    ("user agent with a non-ASCII character", lambda f: get_run_using(f, user_agent="my-app/\u043a"),
+     "user_agent"),
+    ("timeout of 1e12 s", lambda f: get_run_using(f, timeout=1e12), "timeout"),
+    ("infinite timeout", lambda f: get_run_using(f, timeout=float("inf")), "timeout"),
+    ("NaN timeout", lambda f: get_run_using(f, timeout=float("nan")), "timeout"),
+    ("zero timeout", lambda f: get_run_using(f, timeout=0), "timeout"),
+    ("negative timeout", lambda f: get_run_using(f, timeout=-1), "timeout"),
+    ("read timeout of 1e12 s", lambda f: get_run_using(f, timeout=(1, 1e12)), "read timeout"),
+    ("ping interval of 1e12 s", lambda f: stream_using(f, ping_interval=1e12), "ping_interval"),
+    ("infinite idle timeout", lambda f: stream_using(f, idle_timeout=float("inf")), "idle_timeout"),
+    ("plain http to foo.localhost",  # resolved through DNS: not loopback
+     lambda f: get_run_using(f, base_url="http://foo.localhost/api", session=fake_as_proxy(f)), "foo.localhost"),
+    ("zero max_response_bytes", lambda f: get_run_using(f, max_response_bytes=0), "max_response_bytes"),
+    ("negative max_response_bytes", lambda f: get_run_using(f, max_response_bytes=-1), "max_response_bytes"),
+    ("fractional max_response_bytes", lambda f: get_run_using(f, max_response_bytes=1.5), "max_response_bytes"),
+    ("max_response_bytes as text", lambda f: get_run_using(f, max_response_bytes="16"), "max_response_bytes"),
+    ("max_response_bytes as a bool", lambda f: get_run_using(f, max_response_bytes=True), "max_response_bytes"),
+    ("max_response_bytes of None", lambda f: get_run_using(f, max_response_bytes=None), "max_response_bytes"),
+]
+
+
+@pytest.mark.parametrize("what, call, named", ODD_INPUTS, ids=[what for what, _, _ in ODD_INPUTS])
+def test_odd_input_is_a_configuration_error_that_explains_without_echoing_the_key(fake, what, call, named):
+    emit(fake, 1)
+
+    with pytest.raises(rakerone.ConfigurationError) as raised:
+        call(fake)
+
+    assert named in str(raised.value)
+    assert leaked([str(raised.value)], "sk-live-Zq8w9e7r6t5y4u3i", fake.api_key) == []
+    assert fake.requests_seen == []
+
+
+def test_localhost_with_a_trailing_dot_counts_as_loopback(fake):
+    assert get_run_using(fake, base_url="http://localhost.:1/api", session=fake_as_proxy(fake)).id == RUN
+    assert fake.requests_seen == [("GET", f"/api/projects/{PROJECT}/playbook-runs/{RUN}")]
 
 
 # -- Command line ----------------------------------------------------------------------
