@@ -33,13 +33,18 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Tuple, Union, cast
+from collections.abc import Generator, Iterable, Iterator, Mapping
+from typing import Any, Callable, Optional, Union, cast
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
 
 import attrs
 import requests
+import requests.adapters
+import requests.auth
+import requests.structures
 import urllib3
+import urllib3.connection
+import urllib3.exceptions
 
 __all__ = [
     # client
@@ -284,7 +289,7 @@ _ERROR_HINTS = {
 }
 
 
-def _error_class(status_code: int) -> type:
+def _error_class(status_code: int) -> type[APIError]:
     if status_code >= 500:
         return ServerError
     return _ERROR_CLASSES.get(status_code, APIError)
@@ -307,7 +312,7 @@ def _redact(text: str, *secrets: Optional[str]) -> str:
     return _TICKET_IN_URL.sub(r"\1***", text)
 
 
-def _excerpt(content: Union[bytes, str], limit: int = 200, secrets: Tuple[Optional[str], ...] = ()) -> str:
+def _excerpt(content: Union[bytes, str], limit: int = 200, secrets: tuple[Optional[str], ...] = ()) -> str:
     """The start of a server's text on one line, redacted whole before it is cut
     (so no part of a secret survives at the cut)."""
     if isinstance(content, bytes):
@@ -528,7 +533,7 @@ class Event:
 
 # -- HTTP ------------------------------------------------------------------------------
 
-Timeout = Union[float, Tuple[float, float]]
+Timeout = Union[float, tuple[float, float]]
 #: An id as the API takes it: a string, or an int or UUID written out.
 Id = Union[str, int, uuid.UUID]
 
@@ -677,7 +682,7 @@ def _api_error(
     content: bytes,
     what: str,
     response: Optional[requests.Response] = None,
-    secrets: Tuple[Optional[str], ...] = (),
+    secrets: tuple[Optional[str], ...] = (),
 ) -> APIError:
     """The one place an error answer (HTTP or WebSocket handshake) becomes our error.
 
@@ -704,6 +709,7 @@ def _api_error(
         parts.append(f"the response was not JSON ({content_type}): {_excerpt(content, 200, secrets)!r}")
     if status_code == 429 and retry_after is not None:
         parts.append(f"retry after {retry_after:.0f} s")
+    hint: Optional[str]
     if status_code >= 500:
         hint = "the RakerOne API had a problem; try again later"
     elif 300 <= status_code < 400:
@@ -794,7 +800,7 @@ class _Watchdog:
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
-        self._attempts: set = set()
+        self._attempts: set[_Attempt] = set()
         self._thread: Optional[threading.Thread] = None
         self._wake_at = float("inf")
         self._stopping = False
@@ -869,7 +875,7 @@ class _ReportingConnectionMixin:
     each time a pooled one is reused."""
 
     def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()  # type: ignore[misc]
+        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
         _report_socket(sock)
         return sock
 
@@ -893,12 +899,14 @@ class _ReportingHTTPSConnection(_ReportingConnectionMixin, urllib3.connection.HT
     pass
 
 
+# urllib3 declares ConnectionCls as its connection protocol, which pyright compares
+# member by member with our subclasses; they are urllib3's own classes, extended.
 class _ReportingHTTPConnectionPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _ReportingHTTPConnection
+    ConnectionCls = _ReportingHTTPConnection  # pyright: ignore[reportAssignmentType]
 
 
 class _ReportingHTTPSConnectionPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _ReportingHTTPSConnection
+    ConnectionCls = _ReportingHTTPSConnection  # pyright: ignore[reportAssignmentType]
 
 
 _REPORTING_POOLS = {"http": _ReportingHTTPConnectionPool, "https": _ReportingHTTPSConnectionPool}
@@ -967,7 +975,7 @@ def _as_http(url: str) -> str:
 _PATH_TEXT = re.compile(r"[A-Za-z0-9\-._~/!$&'()*+,;=:@%]*")
 
 
-def _fill_path(template: Any, ids: Tuple[Any, ...]) -> str:
+def _fill_path(template: Any, ids: tuple[Any, ...]) -> str:
     """An API path from a template: each ``{}`` is one id, encoded as one segment."""
     if not isinstance(template, str) or not template.startswith("/") or template.startswith("//"):
         raise ConfigurationError(
@@ -1052,12 +1060,12 @@ class Client:
         self.allow_insecure_http = bool(allow_insecure_http)
         self.user_agent = " ".join(
             filter(None, [_check_user_agent(user_agent), f"rakerone-python/{__version__}",
-                          f"python/{platform.python_version()}", f"requests/{requests.__version__}"])
+                          f"python/{platform.python_version()}", f"requests/{requests.__version__}"])  # type: ignore[attr-defined]
         )
         self._api_key = api_key
         self._auth = _BearerAuth(api_key)
         #: The key and the tickets minted lately: redacted from every text we quote.
-        self._secrets: collections.deque = collections.deque([api_key], maxlen=TICKETS_REMEMBERED + 1)
+        self._secrets: collections.deque[str] = collections.deque([api_key], maxlen=TICKETS_REMEMBERED + 1)
         self._headers = {"Accept": "application/json", "Accept-Encoding": "identity",
                          "User-Agent": self.user_agent}
         self._owns_session = session is None
@@ -1069,7 +1077,7 @@ class Client:
         self._attempt_seconds = sum(self.timeout) if isinstance(self.timeout, tuple) else self.timeout
         self._pid = os.getpid()
         self._watchdog = _Watchdog()
-        self._routes: dict = {}
+        self._routes: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._route(self.base_url)  # refuse a cleartext route through a remote proxy now
         # A seam for tests: retries and reconnects wait through this.
         self._sleep: Callable[[float], None] = time.sleep
@@ -1142,7 +1150,8 @@ class Client:
         raises WaitTimeoutError with the last run seen: no request, sleep or read
         runs past that deadline. ``on_update`` is called with each state seen.
         """
-        _path_segment("project_id", project_id), _path_segment("run_id", run_id)
+        _path_segment("project_id", project_id)
+        _path_segment("run_id", run_id)
         if timeout is not None:
             _positive_number("timeout", timeout)
         if on_update is not None and not callable(on_update):
@@ -1254,11 +1263,12 @@ class Client:
                                    params=params, json=body)
         prepared = self._session.prepare_request(request)
         prepared.hooks["response"].append(_stop_at_redirect)  # after the session's own hooks
-        route = self._route(prepared.url)
+        route = self._route(prepared.url or self.base_url)
         timeout = (tuple(min(t, remaining) for t in self.timeout) if isinstance(self.timeout, tuple)
                    else min(self.timeout, remaining))
         failure: Optional[_AttemptFailed] = None
         response: Optional[requests.Response] = None
+        content = b""
         self._watchdog.watch(attempt)
         _current.attempt = attempt
         try:
@@ -1294,7 +1304,7 @@ class Client:
             raise self._status_failure(response, content, what)
         return self._decode(response, content, what)
 
-    def _route(self, url: str) -> dict:
+    def _route(self, url: str) -> dict[str, Any]:
         """Proxies, TLS trust and client certificate for a URL, as requests itself
         merges the session's settings and the environment (an explicit ``verify=``
         wins). The HTTP calls and the streams both take their route from here; a
@@ -1320,7 +1330,7 @@ class Client:
     def _check_cleartext_route(self, origin: str, proxies: Mapping[str, str]) -> None:
         if not origin.startswith("http:") or self.allow_insecure_http:
             return
-        proxy = requests.utils.select_proxy(origin, proxies)
+        proxy = requests.utils.select_proxy(origin, dict(proxies))
         proxy_host = proxy and urlsplit(proxy if "://" in proxy else "http://" + proxy).hostname
         if proxy and not _is_loopback(proxy_host):
             raise ConfigurationError(
@@ -1536,7 +1546,6 @@ class Client:
                      deadline: Optional[float] = None) -> Any:
         """Mint a ticket and open the WebSocket, all within the client's timeout (and
         ``deadline``); retryable failures raise _ConnectionLost."""
-        import websocket  # imported here so scripts that never stream start faster
 
         if self._pid != os.getpid():
             self._forget_parent_connections()
@@ -1545,11 +1554,8 @@ class Client:
         except (APIConnectionError, ServerError, RateLimitError) as exc:
             if isinstance(exc.__cause__, requests.exceptions.SSLError):
                 raise  # a certificate problem: another attempt would fail the same way
-            lost = _ConnectionLost(f"could not mint a ticket: {exc}", exc, getattr(exc, "retry_after", None))
-        else:
-            lost = None
-        if lost is not None:
-            raise lost
+            raise _ConnectionLost(f"could not mint a ticket: {exc}", exc, exc.retry_after
+                                  if isinstance(exc, APIError) else None) from None
         url = self._socket_url(path, ticket)
         route = self._route(url)
         logger.debug("stream %s: connecting to %s", path, self._redact(url))
@@ -1625,16 +1631,16 @@ class Client:
         return urlunsplit((scheme,) + tuple(parts[1:]))
 
 
-def _socket_sslopt(route: Mapping[str, Any]) -> dict:
+def _socket_sslopt(route: Mapping[str, Any]) -> dict[str, Any]:
     """websocket-client TLS options for the route requests chose: the same trust
     (CA bundle, or none with verify=False) and the same client certificate."""
     import ssl
 
     verify, cert = route["verify"], route["cert"]
     if verify is False:
-        options: dict = {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}
+        options: dict[str, Any] = {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}
     else:
-        bundle = requests.certs.where() if verify in (True, None) else verify
+        bundle = requests.certs.where() if verify in (True, None) else verify  # type: ignore[attr-defined]
         options = {"cert_reqs": ssl.CERT_REQUIRED,
                    ("ca_cert_path" if os.path.isdir(bundle) else "ca_certs"): bundle}
     if isinstance(cert, str):
@@ -1644,7 +1650,7 @@ def _socket_sslopt(route: Mapping[str, Any]) -> dict:
     return options
 
 
-def _socket_proxy_options(url: str, proxies: Mapping[str, str]) -> dict:
+def _socket_proxy_options(url: str, proxies: Mapping[str, str]) -> dict[str, Any]:
     """websocket-client proxy options for exactly the proxy requests would use for this
     URL, or for none: websocket-client must not decide again from the environment or
     its own defaults (a session with ``trust_env=False`` means no environment at all).
@@ -1653,14 +1659,14 @@ def _socket_proxy_options(url: str, proxies: Mapping[str, str]) -> dict:
     proxy" is a host it never contacts with every host exempt, and a chosen proxy
     comes with an exemption list that matches no host.
     """
-    proxy = requests.utils.select_proxy(_as_http(url), proxies)
+    proxy = requests.utils.select_proxy(_as_http(url), dict(proxies))
     if not proxy:
         return {"http_proxy_host": "unused.invalid", "http_proxy_port": 9, "http_no_proxy": ["*"]}
     parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
     if parts.scheme not in _PROXY_TYPES:
         raise StreamError(f"websocket-client cannot use a {parts.scheme!r} proxy; "
                           f"use one of {', '.join(_PROXY_TYPES)}")
-    options = {
+    options: dict[str, Any] = {
         "proxy_type": parts.scheme,
         "http_proxy_host": parts.hostname,
         "http_proxy_port": parts.port or 80,
@@ -1857,7 +1863,7 @@ def _decode_json(payload: bytes, secrets: Iterable[Optional[str]] = ()) -> Any:
         try:
             message, end = _raw_decode(text)
         except ValueError:
-            end = -1
+            return json.loads(text)  # for its error (or its answer, after a byte-order mark)
         return message if end == len(text) else json.loads(text)
     except ValueError:  # UnicodeDecodeError and JSONDecodeError both
         problem = "a frame that is not UTF-8 JSON"
@@ -2560,7 +2566,7 @@ def _cmd_api(client: Client, args: Any) -> int:
     return EXIT_OK
 
 
-def _field(text: str) -> Tuple[str, str]:
+def _field(text: str) -> tuple[str, str]:
     key, equals, value = text.partition("=")
     if not equals or not key:
         raise _UsageError(f"-f takes key=value, not {text!r}")
