@@ -2356,6 +2356,15 @@ def test_a_session_passed_in_runs_its_hooks_and_keeps_its_cookies(no_leaks):
     assert [headers.get("Cookie") for _, _, headers in peer.requests] == [None, "visit=v1"]
 
 
+def test_the_clients_own_session_keeps_the_cookies_the_api_sets(no_leaks):
+    with ScriptedPeer(answer_run_with_a_cookie) as peer:
+        with rakerone.Client(ODD_KEY, base_url=peer.base_url) as client:
+            client.get_run(PROJECT, RUN)
+            client.request("POST", "/projects/{}/things", PROJECT, json={"n": 1})
+
+    assert [headers.get("Cookie") for _, _, headers in peer.requests] == [None, "visit=v1"]
+
+
 def test_an_adapter_mounted_after_the_client_was_made_carries_its_requests(no_leaks):
     adapter = CountingAdapter()
     with requests.Session() as session, ScriptedPeer(answer_run) as peer:
