@@ -1560,7 +1560,7 @@ class Client:
             except (_ConnectionLost, _TicketRefused) as exc:
                 ended: Union[_ConnectionLost, _TicketRefused] = exc
             finally:
-                _close_socket(ws, polite=_forks == reader.born)
+                _close_socket(ws, polite=_forks == reader.born, deadline=settings.deadline)
             reconnects.closed(reader.new_events)
             if isinstance(ended, _TicketRefused):
                 reconnects.after_refused_ticket(ended)
@@ -2212,12 +2212,14 @@ def _on_close_frame(payload: bytes, secrets: Iterable[Optional[str]] = ()) -> No
     raise StreamError(described)
 
 
-def _close_socket(ws: Any, polite: bool = True) -> None:
+def _close_socket(ws: Any, polite: bool = True, deadline: Optional[float] = None) -> None:
     """Say goodbye (close 1000) if the socket is still open, and release it at once.
-    In a forked child, the socket is the parent's too: it is only let go of."""
+    The wait for the server's answer ends by CLOSE_TIMEOUT, and by the deadline. In a
+    forked child, the socket is the parent's too: it is only let go of."""
     if ws.connected and polite:
-        ws.set_wake_time(time.monotonic() + CLOSE_TIMEOUT)  # a half-read frame cannot hold it longer
-        ws.close(status=1000, timeout=CLOSE_TIMEOUT)
+        wait = CLOSE_TIMEOUT if deadline is None else max(0.0, min(CLOSE_TIMEOUT, deadline - time.monotonic()))
+        ws.set_wake_time(time.monotonic() + wait)  # a half-read frame cannot hold it longer
+        ws.close(status=1000, timeout=wait)
     ws.shutdown()
 
 

@@ -3518,9 +3518,21 @@ def test_cli_run_wait_timeout_is_a_hard_deadline(no_leaks, mode, exit_code):
         result = run_cli(env, "run", "wait", PROJECT, RUN, "--timeout", "5", timeout=30)
 
         elapsed = time.monotonic() - started
+    print(f"run wait --timeout 5 against {mode}: exit {result.returncode} after {elapsed:.2f} s")
     assert result.returncode == exit_code, result.stderr
     assert elapsed < 5 + 1 + 1.5  # the deadline, its one second of slack, and starting Python
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("mode", ["silent", "hang_upgrade", "trickle_frame"])
+def test_wait_for_run_overruns_its_deadline_by_less_than_a_second(no_leaks, mode):
+    with MisbehavingAPI(mode) as api, rakerone.Client(API_KEY, base_url=api.base_url) as client:
+        started = time.monotonic()
+        with pytest.raises(rakerone.WaitTimeoutError):
+            client.wait_for_run(PROJECT, RUN, timeout=2)
+        elapsed = time.monotonic() - started
+
+    assert 2 <= elapsed < 2 + 1
 
 
 def test_wait_for_run_rides_out_an_outage_of_503s_then_refusals(no_leaks):
