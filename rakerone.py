@@ -1263,8 +1263,8 @@ class Client:
                                  retryable=False, server_may_have_acted=False)
         prepared = self._prepare(method, path, params, body)
         route = self._route(self.base_url)
-        timeout = (tuple(min(t, remaining) for t in self.timeout) if isinstance(self.timeout, tuple)
-                   else min(self.timeout, remaining))
+        timeout: Timeout = ((min(self.timeout[0], remaining), min(self.timeout[1], remaining))
+                            if isinstance(self.timeout, tuple) else min(self.timeout, remaining))
         failure: Optional[_AttemptFailed] = None
         response: Optional[requests.Response] = None
         content = b""
