@@ -1573,7 +1573,7 @@ class Client:
         deadline = reconnects.settings.deadline
         if deadline is not None and time.monotonic() + delay >= deadline:
             raise StreamTimeoutError(f"stream {path}: the deadline passed while reconnecting ({lost})")
-        logger.info("stream %s: %s; reconnecting in %.2f s", path, lost, delay)
+        logger.info("stream %s: %s; reconnecting in %.2f s", path, str(lost), delay)
         self._sleep(delay)
 
     def _open_socket(self, path: str, mint_ticket: Callable[[], WsTicket],
@@ -1839,7 +1839,7 @@ class _Reconnects:
         """Allow one fresh ticket after a stream worked; else raise AuthenticationError."""
         if self._has_worked and not self._ticket_refused:
             self._ticket_refused = True
-            logger.info("stream %s: %s; minting a fresh ticket", self._path, refused)
+            logger.info("stream %s: %s; minting a fresh ticket", self._path, str(refused))
             return
         when = "even freshly minted, twice in a row" if self._ticket_refused else "right after minting it"
         raise AuthenticationError(
@@ -2288,7 +2288,7 @@ class _RunWait:
     def _note_trouble(self, error: RakerOneError) -> None:
         if _is_final(error):
             raise error
-        logger.info("waiting for run %s: %s; trying again", self._run_id, error)
+        logger.info("waiting for run %s: %s; trying again", self._run_id, str(error))
         self._last_error = error
         self._check_deadline()
 
@@ -2327,7 +2327,7 @@ class _RunWait:
             if isinstance(error, StreamDisconnectedError):
                 self._note_trouble(error)
             else:
-                logger.info("waiting for run %s: no event stream (%s); polling instead", self._run_id, error)
+                logger.info("waiting for run %s: no event stream (%s); polling instead", self._run_id, str(error))
                 self._stream_refused = True
             return False
         except RakerOneError as error:

@@ -852,16 +852,34 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
 
 
+def fd_targets() -> dict:
+    """What each open file descriptor points at (``socket:[…]``, a pipe, a path)."""
+    targets = {}
+    for fd in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+        try:
+            targets[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile, or the listing's own descriptor
+            pass
+    return targets
+
+
 @pytest.fixture
 def no_leaks():
-    """Fail a test that leaves a thread or a socket behind."""
+    """Fail a test that leaves a thread or a socket behind (a descriptor still open a
+    second after the test, garbage collected meanwhile, is a leak)."""
     threads_before = set(threading.enumerate())
     fds_before = open_fds()
+    targets_before = fd_targets()
     yield
     gc.collect()
     leaked_threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
     assert leaked_threads == []
-    assert open_fds() <= fds_before
+    give_up = time.monotonic() + 1.0
+    while open_fds() > fds_before and time.monotonic() < give_up:
+        time.sleep(0.05)
+        gc.collect()
+    left = {fd: target for fd, target in fd_targets().items() if targets_before.get(fd) != target}
+    assert open_fds() <= fds_before, f"left open: {left}"
 
 
 @pytest.fixture
