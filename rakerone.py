@@ -933,6 +933,11 @@ class _TransportAdapter(requests.adapters.HTTPAdapter):
         return manager
 
 
+#: requests' cookie extraction, as Session.send does it (typed here: some releases
+#: of requests leave it unannotated).
+_extract_cookies: Callable[..., None] = requests.cookies.extract_cookies_to_jar
+
+
 class _Redirected(Exception):
     """Internal: raised by a response hook, so requests never reads a 3xx body itself."""
 
@@ -1061,7 +1066,7 @@ class Client:
         self.allow_insecure_http = bool(allow_insecure_http)
         self.user_agent = " ".join(
             filter(None, [_check_user_agent(user_agent), f"rakerone-python/{__version__}",
-                          f"python/{platform.python_version()}", f"requests/{requests.__version__}"])  # type: ignore[attr-defined]
+                          f"python/{platform.python_version()}", f"requests/{getattr(requests, '__version__', 'unknown')}"])
         )
         self._api_key = api_key
         self._auth = _BearerAuth(api_key)
@@ -1279,10 +1284,12 @@ class Client:
                 if raised.response is None:
                     raise
                 response = raised.response  # judged below like any other answer
+            assert response is not None  # sent, or the answer of a redirect or a raising hook
+            answer = response
             if attempt.sock is None:  # a session's own adapter: find the socket through the answer
-                attempt.sock = getattr(getattr(response.raw, "connection", None), "sock", None)
-                attempt.connection = response.raw  # urllib3 2.3+ can shut it down even then
-            content = self._read_body(response, what)
+                attempt.sock = getattr(getattr(answer.raw, "connection", None), "sock", None)
+                attempt.connection = answer.raw  # urllib3 2.3+ can shut it down even then
+            content = self._read_body(answer, what)
         except requests.RequestException as exc:
             failure = self._network_failure(exc, what, attempt)
         except _AttemptFailed as failed:
@@ -1335,7 +1342,7 @@ class Client:
             return self._session.send(prepared, allow_redirects=False, stream=True, timeout=timeout, **route)
         response = self._session.get_adapter(prepared.url or self.base_url).send(
             prepared, stream=True, timeout=timeout, **route)
-        requests.cookies.extract_cookies_to_jar(self._session.cookies, prepared, response.raw)
+        _extract_cookies(self._session.cookies, prepared, response.raw)
         return response
 
     def _route(self, url: str) -> dict[str, Any]:
@@ -1353,8 +1360,8 @@ class Client:
                session.verify, session.cert, self.verify)
         route = self._routes.get(key)
         if route is None:
-            route = session.merge_environment_settings(origin, {}, None, self.verify, None)
-            del route["stream"]
+            merged = session.merge_environment_settings(origin, {}, None, self.verify, None)
+            route = {"proxies": merged["proxies"], "verify": merged["verify"], "cert": merged["cert"]}
             self._check_cleartext_route(origin, route["proxies"])
             if len(self._routes) >= 64:
                 self._routes.clear()
