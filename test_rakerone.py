@@ -1298,6 +1298,19 @@ def test_a_ws_url_that_downgrades_https_is_refused():
     assert "secret-ticket" not in str(raised.value)
 
 
+@pytest.mark.parametrize("allow_insecure_http, refused", [(False, True), (True, False)])
+def test_a_plain_ws_url_beyond_loopback_is_refused_unless_allowed(allow_insecure_http, refused):
+    client = rakerone.Client(API_KEY, base_url="http://127.0.0.1:9/api", allow_insecure_http=allow_insecure_http)
+    ticket = rakerone.WsTicket(ticket="secret-ticket", ws_url="ws://rakerone.invalid/api/x/ws?ticket=secret-ticket")
+
+    if refused:
+        with pytest.raises(rakerone.StreamError, match="in clear") as raised:
+            client._socket_url("/projects/p/playbook-runs/r", ticket)
+        assert "secret-ticket" not in str(raised.value)
+    else:
+        assert client._socket_url("/projects/p/playbook-runs/r", ticket).startswith("ws://rakerone.invalid/")
+
+
 def test_socket_url_is_derived_from_the_base_url_without_ws_url():
     client = rakerone.Client(API_KEY, base_url=BASE_URL)
     ticket = rakerone.WsTicket(ticket="a b/c")
