@@ -768,13 +768,14 @@ class _Attempt:
     response of a session's own adapter (urllib3 2.3+ can ``shutdown()`` it).
     """
 
-    __slots__ = ("deadline", "sock", "connection", "expired")
+    __slots__ = ("deadline", "sock", "connection", "expired", "reused")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.sock: Optional[socket.socket] = None
         self.connection: Any = None
         self.expired = False
+        self.reused = False  # sent on a pooled connection that had carried a request before
 
     def abort(self) -> None:
         """Called at the deadline: unblock whatever is reading (close alone would not)."""
@@ -873,23 +874,30 @@ _current = threading.local()
 class _ReportingConnectionMixin:
     """Tells the current attempt which socket carries it: as soon as a new one is
     connected (before any proxy tunnel or TLS handshake, which could drip too), and
-    each time a pooled one is reused."""
+    each time a pooled one is reused (then also that it is reused)."""
+
+    _rakerone_used_sock: Optional[socket.socket] = None
 
     def _new_conn(self) -> socket.socket:
         sock: socket.socket = super()._new_conn()  # type: ignore[misc]
-        _report_socket(sock)
+        _report_socket(sock, reused=False)
         return sock
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
-        if self.sock is not None:  # type: ignore[attr-defined]
-            _report_socket(self.sock)  # type: ignore[attr-defined]
-        return super().request(*args, **kwargs)  # type: ignore[misc]
+        sock = self.sock  # type: ignore[attr-defined]
+        if sock is not None:  # connected: by urllib3 just now (TLS), or by an earlier request
+            _report_socket(sock, reused=sock is self._rakerone_used_sock)
+        try:
+            return super().request(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            self._rakerone_used_sock = self.sock  # type: ignore[attr-defined]
 
 
-def _report_socket(sock: socket.socket) -> None:
+def _report_socket(sock: socket.socket, *, reused: bool) -> None:
     attempt = getattr(_current, "attempt", None)
     if attempt is not None:
         attempt.sock = sock
+        attempt.reused = reused
 
 
 class _ReportingHTTPConnection(_ReportingConnectionMixin, urllib3.connection.HTTPConnection):
@@ -1216,7 +1224,7 @@ class Client:
         may_resend = resend_unsafe or method in IDEMPOTENT_METHODS
         for attempt in range(self.max_retries + 1):
             try:
-                return self._attempt(method, path, what, params, body, deadline)
+                return self._attempt(method, path, what, params, body, deadline, may_resend)
             except _AttemptFailed as failed:
                 failure = failed
             delay = self._retry_delay(attempt, failure, may_resend, deadline)
@@ -1251,7 +1259,7 @@ class Client:
         return delay
 
     def _attempt(self, method: str, path: str, what: str, params: Optional[Mapping[str, Any]],
-                 body: Any, deadline: Optional[float]) -> Any:
+                 body: Any, deadline: Optional[float], may_resend: bool) -> Any:
         """One exchange, bounded end to end by the watchdog; its decoded JSON body.
 
         Prepared and sent as requests does (see _prepare and _send), with redirects
@@ -1277,7 +1285,7 @@ class Client:
         _current.attempt = attempt
         try:
             try:
-                response = self._send(prepared, timeout, route)
+                response = self._send_unless_stale(prepared, timeout, route, attempt, may_resend, what)
             except _Redirected as redirected:
                 response = redirected.response
             except requests.HTTPError as raised:  # a session hook's raise_for_status()
@@ -1308,6 +1316,23 @@ class Client:
         if response.status_code >= 300:
             raise self._status_failure(response, content, what)
         return self._decode(response, content, what)
+
+    def _send_unless_stale(self, prepared: requests.PreparedRequest, timeout: Timeout, route: dict[str, Any],
+                           attempt: _Attempt, may_resend: bool, what: str) -> requests.Response:
+        """Send; once more at once, on another connection, if a request that is safe to
+        repeat met a pooled connection the server had just closed (it went idle and
+        the server timed it out as we sent): no answer came, and the attempt is not
+        the caller's fault. Counted as no retry, it still keeps the attempt's deadline."""
+        try:
+            return self._send(prepared, timeout, route)
+        except requests.ConnectionError as exc:
+            root = _root_cause(exc)  # urllib3's ProtocolError("Connection aborted.", cause)
+            closed = any(isinstance(part, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError))
+                         for part in (root, *root.args))
+            if not (closed and attempt.reused and may_resend and not attempt.expired):
+                raise
+        logger.debug("%s: the server had closed the pooled connection; resending on a new one", what)
+        return self._send(prepared, timeout, route)
 
     def _prepare(self, method: str, path: str, params: Optional[Mapping[str, Any]],
                  body: Any) -> requests.PreparedRequest:

@@ -1998,6 +1998,7 @@ class ScriptedPeer:
 
         self._server = Server(("127.0.0.1", 0), Handler)
         self._server.peer_stopping = self.stopping  # for answers that write for long
+        self._server.peer_requests = self.requests  # for answers that depend on what came before
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="scripted-peer")
 
@@ -3096,6 +3097,34 @@ def test_a_truncated_or_broken_body_is_a_named_error_and_retried(no_leaks, sleep
 
     assert type(raised.value) is error_class
     assert len(peer.requests) == 3 and len(sleeps) == 2
+
+
+def answer_then_drop_the_next_request():
+    """Answers, keeps the connection, then closes it on the next request unanswered: a
+    server timing out an idle connection just as the client reuses it."""
+    def answer(handler):
+        if len(handler.server.peer_requests) == 2:
+            handler.close_connection = True  # nothing written: the client reads an empty answer
+        else:
+            answer_run(handler)
+    return answer
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_pooled_connection_the_server_closed_is_resent_at_once_when_safe(no_leaks, sleeps, method):
+    with ScriptedPeer(answer_then_drop_the_next_request()) as peer, \
+            rakerone.Client(ODD_KEY, base_url=peer.base_url, max_retries=0) as client:
+        client._sleep = sleeps.append
+        client.request(method, "/projects/{}/playbook-runs/{}", PROJECT, RUN)
+        if method == "GET":
+            client.request(method, "/projects/{}/playbook-runs/{}", PROJECT, "second")
+        else:
+            with pytest.raises(rakerone.APIConnectionError, match="closed connection without response"):
+                client.request(method, "/projects/{}/playbook-runs/{}", PROJECT, "second")
+
+    assert [path.rsplit("/", 1)[1] for _, path, _ in peer.requests] == (
+        [RUN, "second", "second"] if method == "GET" else [RUN, "second"])
+    assert peer.connections == (2 if method == "GET" else 1) and sleeps == []
 
 
 def get_run_using(fake, **options):
