@@ -28,6 +28,7 @@ import platform
 import random
 import re
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -46,6 +47,8 @@ import requests.structures
 import urllib3
 import urllib3.connection
 import urllib3.exceptions
+import urllib3.util
+import urllib3.util.ssl_
 
 __all__ = [
     # client
@@ -741,7 +744,8 @@ def _describe_network_error(exc: BaseException) -> str:
     while reason.args and isinstance(reason.args[0], BaseException):
         reason = reason.args[0]
     reason = getattr(reason, "reason", reason)
-    text = re.sub(r"<[^>]*object at 0x[0-9a-f]+>:?\s*", "", str(reason))
+    text = re.sub(r"<[^>]*object at 0x[0-9a-f]+>:?\s*", "", str(reason))  # urllib3 1.26's
+    text = re.sub(r"\b\w*HTTPS?Connection\(host=[^)]*\):\s*", "", text)  # urllib3 2's
     return text or type(reason).__name__
 
 
@@ -1388,10 +1392,25 @@ class Client:
             merged = session.merge_environment_settings(origin, {}, None, self.verify, None)
             route = {"proxies": merged["proxies"], "verify": merged["verify"], "cert": merged["cert"]}
             self._check_cleartext_route(origin, route["proxies"])
+            self._check_tls_files(route)
             if len(self._routes) >= 64:
                 self._routes.clear()
             self._routes[key] = route
         return route
+
+    @staticmethod
+    def _check_tls_files(route: Mapping[str, Any]) -> None:
+        """A CA bundle or client certificate that does not exist is a ConfigurationError
+        here, not an OSError from deep inside requests."""
+        verify, cert = route["verify"], route["cert"]
+        files = [("CA bundle (verify, or REQUESTS_CA_BUNDLE)", verify if isinstance(verify, str) else None)]
+        if isinstance(cert, str):
+            files.append(("client certificate (cert)", cert))
+        elif isinstance(cert, (tuple, list)) and len(cert) == 2:
+            files += [("client certificate (cert)", cert[0]), ("client key (cert)", cert[1])]
+        for what, name in files:
+            if name and not os.path.exists(name):
+                raise ConfigurationError(f"the {what} {name!r} does not exist")
 
     def _check_cleartext_route(self, origin: str, proxies: Mapping[str, str]) -> None:
         if not origin.startswith("http:") or self.allow_insecure_http:
@@ -1628,19 +1647,31 @@ class Client:
         started = time.monotonic()
         attempt = _Attempt(started + self._attempt_seconds if deadline is None
                            else min(started + self._attempt_seconds, deadline))
-        ws = _read_ahead_websocket_class()(sslopt=_socket_sslopt(route), skip_utf8_validation=True,
+        try:
+            context = _socket_ssl_context(route)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise StreamError(f"stream {path}: cannot use the CA bundle or client certificate "
+                              f"({self._redact(str(exc))}); check verify= and cert") from None
+        timeout = max(attempt.deadline - started, 0.001)
+        ws = _read_ahead_websocket_class()(sslopt={"context": context}, skip_utf8_validation=True,
                                            enable_multithread=False)
-        ws.settimeout(max(attempt.deadline - started, 0.001))
+        ws.settimeout(timeout)
         attempt.connection = ws
         self._watchdog.watch(attempt)
+        _current.attempt = attempt  # for the tunnel's connection to report its socket
         try:
-            ws.connect(url, redirect_limit=0, header={"User-Agent": self.user_agent},
-                       **_socket_proxy_options(url, route["proxies"]))
+            proxy = _socket_proxy_options(url, route["proxies"])
+            sock = None
+            if proxy.get("proxy_type") == "http":  # our tunnel: websocket-client only upgrades it
+                sock = attempt.sock = _open_tunnel(url, proxy, context, timeout)  # shut down from now on
+                proxy = {}
+            ws.connect(url, redirect_limit=0, header={"User-Agent": self.user_agent}, socket=sock, **proxy)
         except Exception as exc:  # noqa: BLE001 - each kind is sorted out below
             failure: Optional[BaseException] = self._socket_failure(exc, path, url, attempt)
         else:
             failure = None
         finally:
+            _current.attempt = None
             self._watchdog.unwatch(attempt)
         if failure is not None or attempt.expired:
             ws.shutdown()
@@ -1650,8 +1681,6 @@ class Client:
     def _socket_failure(self, exc: Exception, path: str, url: str, attempt: _Attempt) -> BaseException:
         """The one place a failure to open a stream becomes our error (redacted, with
         no cause attached, as websocket-client's messages may quote the ticket)."""
-        import ssl
-
         import websocket
 
         if attempt.expired:
@@ -1664,8 +1693,8 @@ class Client:
             if exc.status_code in RETRYABLE_STATUSES:
                 return _ConnectionLost(str(error), error, error.retry_after)
             return error
-        reason = self._redact(str(exc) or type(exc).__name__)
-        if isinstance(exc, websocket.WebSocketProxyException) and re.search(r"\b407\b", reason):
+        reason = self._redact(_describe_network_error(exc))
+        if isinstance(exc, OSError) and reason.startswith("Tunnel connection failed: 407"):  # http.client's
             return ProxyAuthenticationError(
                 f"stream {path}: the proxy refused to carry the stream ({reason}); check the "
                 "proxy's credentials (in https_proxy, or the session's proxies)")
@@ -1673,8 +1702,8 @@ class Client:
             return StreamError(f"stream {path}: TLS failed ({exc.verify_message}); check verify=")
         if isinstance(exc, ValueError):  # websocket-client's word for an unusable URL
             return StreamError(f"stream {path}: cannot connect to {self._redact(url)!r} ({reason})")
-        if isinstance(exc, (OSError, websocket.WebSocketException)):
-            return _ConnectionLost(f"could not connect ({reason})")
+        if isinstance(exc, (OSError, websocket.WebSocketException, urllib3.exceptions.HTTPError)):
+            return _ConnectionLost(f"could not connect ({reason})")  # HTTPError: opening our tunnel
         return exc
 
     def _socket_url(self, path: str, ticket: WsTicket) -> str:
@@ -1697,29 +1726,51 @@ class Client:
         return urlunsplit((scheme,) + tuple(parts[1:]))
 
 
-def _socket_sslopt(route: Mapping[str, Any]) -> dict[str, Any]:
-    """websocket-client TLS options for the route requests chose: the same trust
-    (CA bundle, or none with verify=False) and the same client certificate."""
-    import ssl
-
+def _socket_ssl_context(route: Mapping[str, Any]) -> ssl.SSLContext:
+    """The TLS context for a stream on the route requests chose: urllib3's defaults, the
+    same trust (CA bundle, or none with verify=False) and the same client certificate."""
     verify, cert = route["verify"], route["cert"]
-    if verify is False:
-        options: dict[str, Any] = {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}
-    else:
+    context = urllib3.util.ssl_.create_urllib3_context(cert_reqs=ssl.CERT_NONE if verify is False else ssl.CERT_REQUIRED)
+    context.check_hostname = verify is not False  # urllib3 1.26 leaves it off (it checks names itself)
+    if verify is not False:
         bundle = requests.certs.where() if verify in (True, None) else verify  # type: ignore[attr-defined]
-        options = {"cert_reqs": ssl.CERT_REQUIRED,
-                   ("ca_cert_path" if os.path.isdir(bundle) else "ca_certs"): bundle}
+        if os.path.isdir(bundle):
+            context.load_verify_locations(capath=bundle)
+        else:
+            context.load_verify_locations(cafile=bundle)
     if isinstance(cert, str):
-        options["certfile"] = cert
+        context.load_cert_chain(cert)
     elif isinstance(cert, (tuple, list)) and len(cert) == 2:
-        options["certfile"], options["keyfile"] = cert
-    return options
+        context.load_cert_chain(cert[0], cert[1])
+    return context
+
+
+def _open_tunnel(url: str, proxy: Mapping[str, Any], context: ssl.SSLContext, timeout: float) -> socket.socket:
+    """A socket to the URL's host through an HTTP proxy's CONNECT tunnel, with TLS for
+    wss, for websocket-client to upgrade. urllib3's connection opens it, so the
+    watchdog holds the socket from its first byte (websocket-client's own tunnel
+    shows its socket only once the proxy has answered, however slowly it does)."""
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    headers = {}
+    if "http_proxy_auth" in proxy:
+        headers = urllib3.util.make_headers(proxy_basic_auth=":".join(proxy["http_proxy_auth"]))
+    connection = _ReportingHTTPConnection(proxy["http_proxy_host"], proxy["http_proxy_port"], timeout=timeout)
+    connection.set_tunnel(parts.hostname or "", parts.port or (443 if secure else 80), headers)
+    try:
+        connection.connect()
+        sock: socket.socket = connection.sock
+        return context.wrap_socket(sock, server_hostname=parts.hostname) if secure else sock
+    except BaseException:
+        connection.close()
+        raise
 
 
 def _socket_proxy_options(url: str, proxies: Mapping[str, str]) -> dict[str, Any]:
     """websocket-client proxy options for exactly the proxy requests would use for this
     URL, or for none: websocket-client must not decide again from the environment or
     its own defaults (a session with ``trust_env=False`` means no environment at all).
+    An ``http`` proxy's options go to _open_tunnel instead.
 
     websocket-client reads ``http_no_proxy`` only along with a proxy host, so "no
     proxy" is a host it never contacts with every host exempt, and a chosen proxy

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import gc
@@ -12,6 +13,7 @@ import logging
 import os
 import pty
 import random
+import re
 import select
 import selectors
 import shlex
@@ -1271,8 +1273,9 @@ def test_an_untrusted_certificate_fails_at_once_without_retrying(tls_fake, sleep
 
 def test_a_stream_with_an_untrusted_certificate_is_a_stream_error(tls_fake, monkeypatch):
     fake, ca_bundle = tls_fake
-    monkeypatch.setattr(rakerone, "_socket_sslopt",  # the socket alone trusts certifi only
-                        lambda route: {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": requests.certs.where()})
+    socket_ssl_context = rakerone._socket_ssl_context
+    monkeypatch.setattr(rakerone, "_socket_ssl_context",  # the socket alone trusts certifi only
+                        lambda route: socket_ssl_context(dict(route, verify=True)))
 
     with rakerone.Client(fake.api_key, base_url=fake.base_url, verify=ca_bundle) as client:
         with pytest.raises(rakerone.StreamError, match="TLS failed"):
@@ -2055,6 +2058,7 @@ class LoopbackProxy:
     def __init__(self, refuse_from=None) -> None:
         self.refuse_from = refuse_from
         self.tunnels = self.forwards = self.refusals = 0
+        self.credentials: list = []  # each request's Proxy-Authorization, or None
         self._lock = threading.Lock()
         self._listener = socket.socket()
         self._listener.bind(("127.0.0.1", 0))
@@ -2121,7 +2125,9 @@ class LoopbackProxy:
                 return
             head += data
         method, target = head.split(b" ", 2)[:2]
+        authorization = re.search(rb"(?im)^proxy-authorization: *([^\r\n]*)", head.split(b"\r\n\r\n", 1)[0])
         with self._lock:
+            self.credentials.append(authorization and authorization.group(1).decode())
             refuse = self.refuse_from is not None and self.hits >= self.refuse_from
             if refuse:
                 self.refusals += 1
@@ -2489,6 +2495,35 @@ def test_the_stream_takes_the_session_proxy_even_where_the_environment_exempts_t
             assert [event.id for event in client.iter_run_events(PROJECT, RUN)] == ["e1"]
 
     assert proxy.tunnels == 2  # the ticket's, then the socket's
+
+
+def test_proxy_credentials_in_the_proxy_url_reach_the_proxy_for_http_and_the_stream(tls_fake, monkeypatch):
+    fake, ca_bundle = tls_fake
+    with LoopbackProxy() as proxy:
+        monkeypatch.setenv("https_proxy", proxy.url.replace("://", "://proxy%20user:p%40ss%3Aword@"))
+        with rakerone.Client(fake.api_key, base_url=fake.base_url, verify=ca_bundle) as client:
+            assert [event.id for event in client.iter_run_events(PROJECT, RUN)] == ["e1"]
+
+    expected = "Basic " + base64.b64encode(b"proxy user:p@ss:word").decode()
+    assert proxy.tunnels == 2 and proxy.credentials == [expected, expected]  # the ticket's, the socket's
+
+
+@pytest.mark.parametrize("setting", ["session cert", "session key", "REQUESTS_CA_BUNDLE"])
+def test_a_tls_file_that_does_not_exist_is_a_configuration_error_when_the_client_is_built(tls_fake, monkeypatch,
+                                                                                      tmp_path, setting):
+    fake, ca_bundle = tls_fake
+    missing = str(tmp_path / "missing.pem")
+    with requests.Session() as session:
+        if setting == "session cert":
+            session.cert = missing
+        elif setting == "session key":
+            session.cert = (ca_bundle, missing)
+        else:
+            monkeypatch.setenv("REQUESTS_CA_BUNDLE", missing)
+        with pytest.raises(rakerone.ConfigurationError, match="missing.pem' does not exist"):
+            rakerone.Client(fake.api_key, base_url=fake.base_url, session=session)
+
+    assert fake.requests_seen == []
 
 
 @pytest.mark.parametrize("refused", ["http", "stream"])
@@ -3022,6 +3057,16 @@ def test_a_dripping_body_times_out_through_a_session_of_your_own(no_leaks, part)
     assert elapsed < 5
 
 
+def test_a_stream_proxy_that_cannot_be_reached_is_a_lost_connection(no_leaks, monkeypatch, refused_port):
+    with ScriptedPeer(ticket_for("localhost:9")) as api:  # the socket's host: through the proxy only
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{refused_port}")
+        monkeypatch.setenv("no_proxy", "127.0.0.1")  # the API is reached directly
+        with rakerone.Client(ODD_KEY, base_url=api.base_url, timeout=1, max_retries=0) as client:
+            with pytest.raises(rakerone.StreamDisconnectedError,
+                               match=r"could not connect \(Failed to establish a new connection: .*refused"):
+                next(client.iter_run_events(PROJECT, RUN, max_outage=0))
+
+
 def ticket_for(ws_address: str):
     """An API that mints tickets for a WebSocket at ``ws_address`` (and answers nothing else)."""
     def answer(handler):
@@ -3033,12 +3078,7 @@ UPGRADE_ANSWER = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nCo
                   b"X-Padding: " + b"x" * 200 + b"\r\n\r\n")
 
 
-@pytest.mark.parametrize("part", [
-    "upgrade answer",
-    pytest.param("proxy CONNECT answer", marks=pytest.mark.xfail(
-        strict=True, reason="websocket-client exposes its socket only once the tunnel and TLS are up: "
-                            "a dripping proxy holds the stream's opening (reported)")),
-])
+@pytest.mark.parametrize("part", ["upgrade answer", "proxy CONNECT answer"])
 def test_a_dripping_stream_opening_gives_up_within_the_timeout(no_leaks, monkeypatch, part):
     answer = UPGRADE_ANSWER if part == "upgrade answer" else b"HTTP/1.1 200 Connection established\r\n\r\n"
     with TcpPeer(dripping(answer, every=0.15)) as dripper:  # 6 s of answer: longer than the bound
