@@ -1647,8 +1647,8 @@ class Client:
         started = time.monotonic()
         attempt = _Attempt(started + self._attempt_seconds if deadline is None
                            else min(started + self._attempt_seconds, deadline))
-        try:
-            context = _socket_ssl_context(route)
+        try:  # for wss only: loading a CA bundle takes ~20 ms
+            context = _socket_ssl_context(route) if url.startswith("wss:") else None
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             raise StreamError(f"stream {path}: cannot use the CA bundle or client certificate "
                               f"({self._redact(str(exc))}); check verify= and cert") from None
@@ -1745,22 +1745,22 @@ def _socket_ssl_context(route: Mapping[str, Any]) -> ssl.SSLContext:
     return context
 
 
-def _open_tunnel(url: str, proxy: Mapping[str, Any], context: ssl.SSLContext, timeout: float) -> socket.socket:
-    """A socket to the URL's host through an HTTP proxy's CONNECT tunnel, with TLS for
-    wss, for websocket-client to upgrade. urllib3's connection opens it, so the
-    watchdog holds the socket from its first byte (websocket-client's own tunnel
-    shows its socket only once the proxy has answered, however slowly it does)."""
+def _open_tunnel(url: str, proxy: Mapping[str, Any], context: Optional[ssl.SSLContext],
+                 timeout: float) -> socket.socket:
+    """A socket to the URL's host through an HTTP proxy's CONNECT tunnel, with TLS
+    (``context``) for wss, for websocket-client to upgrade. urllib3's connection opens
+    it, so the watchdog holds the socket from its first byte (websocket-client's own
+    tunnel shows its socket only once the proxy has answered, however slowly it does)."""
     parts = urlsplit(url)
-    secure = parts.scheme == "wss"
     headers = {}
     if "http_proxy_auth" in proxy:
         headers = urllib3.util.make_headers(proxy_basic_auth=":".join(proxy["http_proxy_auth"]))
     connection = _ReportingHTTPConnection(proxy["http_proxy_host"], proxy["http_proxy_port"], timeout=timeout)
-    connection.set_tunnel(parts.hostname or "", parts.port or (443 if secure else 80), headers)
+    connection.set_tunnel(parts.hostname or "", parts.port or (80 if context is None else 443), headers)
     try:
         connection.connect()
         sock: socket.socket = connection.sock
-        return context.wrap_socket(sock, server_hostname=parts.hostname) if secure else sock
+        return context.wrap_socket(sock, server_hostname=parts.hostname) if context is not None else sock
     except BaseException:
         connection.close()
         raise
