@@ -1425,9 +1425,12 @@ class Client:
 
     def _read_body(self, response: requests.Response, what: str) -> bytes:
         """The whole body, refused unread when compressed or over the size limit (an
-        error page is only read as far as its message needs)."""
+        error page is only read as far as its message needs, and not at all when compressed)."""
         error_page = response.status_code >= 300
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity") and error_page:
+            response._content = b""  # left unread: the status says what went wrong (a proxy's gzip 503)
+            return b""
         if encoding not in ("", "identity"):
             raise _AttemptFailed(UnexpectedResponseError(
                 f"{what} answered HTTP {response.status_code} with a {encoding!r}-compressed body "

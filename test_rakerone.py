@@ -1271,15 +1271,21 @@ def test_an_untrusted_certificate_fails_at_once_without_retrying(tls_fake, sleep
     assert sleeps == []
 
 
-def test_a_stream_with_an_untrusted_certificate_is_a_stream_error(tls_fake, monkeypatch):
+@pytest.mark.parametrize("route", ["direct", "through a proxy"])
+def test_a_stream_with_an_untrusted_certificate_is_a_stream_error(tls_fake, monkeypatch, route):
     fake, ca_bundle = tls_fake
     socket_ssl_context = rakerone._socket_ssl_context
     monkeypatch.setattr(rakerone, "_socket_ssl_context",  # the socket alone trusts certifi only
                         lambda route: socket_ssl_context(dict(route, verify=True)))
 
-    with rakerone.Client(fake.api_key, base_url=fake.base_url, verify=ca_bundle) as client:
-        with pytest.raises(rakerone.StreamError, match="TLS failed"):
-            next(client.iter_run_events(PROJECT, RUN))
+    with LoopbackProxy() as proxy:
+        if route == "through a proxy":
+            monkeypatch.setenv("https_proxy", proxy.url)
+        with rakerone.Client(fake.api_key, base_url=fake.base_url, verify=ca_bundle) as client:
+            with pytest.raises(rakerone.StreamError, match="TLS failed"):
+                next(client.iter_run_events(PROJECT, RUN))
+
+    assert proxy.tunnels == (2 if route == "through a proxy" else 0)
 
 
 def test_stream_options_are_checked_before_any_traffic(fake, stream_client):
@@ -2834,6 +2840,32 @@ def test_a_compressed_answer_is_refused_unread_without_decompressing_it(no_leaks
 
     assert measured["outcome"].startswith("UnexpectedResponseError") and "compressed" in measured["outcome"]
     assert measured["rss_growth_mib"] < 32 and measured["seconds"] < 5  # 1 GiB, had it been inflated
+
+
+def answer_compressed_503_then_run(handler):
+    if len(handler.server.peer_requests) == 1:
+        answer_body(gzip.compress(b"<html>Service Unavailable</html>"), status=503,
+                    headers=[("Content-Encoding", "gzip")])(handler)
+    else:
+        answer_run(handler)
+
+
+def test_a_compressed_error_page_is_judged_by_its_status_unread(no_leaks, sleeps):
+    with ScriptedPeer(answer_compressed_503_then_run) as peer, \
+            rakerone.Client(ODD_KEY, base_url=peer.base_url, max_retries=1) as client:
+        client._sleep = sleeps.append
+        assert client.get_run(PROJECT, RUN).id == RUN  # the 503 was retried like any other
+
+    assert len(peer.requests) == 2 and len(sleeps) == 1
+
+
+def test_a_compressed_404_is_not_found(no_leaks):
+    answer = answer_body(gzip.compress(b"{}"), status=404, headers=[("Content-Encoding", "gzip")])
+    with ScriptedPeer(answer) as peer, rakerone.Client(ODD_KEY, base_url=peer.base_url) as client:
+        with pytest.raises(rakerone.NotFoundError, match="HTTP 404"):
+            client.get_run(PROJECT, RUN)
+
+    assert len(peer.requests) == 1
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked", "close"])
