@@ -107,7 +107,104 @@ def refused_port():
         yield bound.getsockname()[1]
 
 
-class PingCountingPeer:
+class TcpPeer:
+    """A TCP server on 127.0.0.1 serving each connection on a thread of its own, with
+    ``answer(conn, stopping)`` or a subclass's ``serve(conn)``. Leaving the with block
+    sets ``stopping``, shuts down every connection (and every socket given to ``track``)
+    and joins every thread it started."""
+
+    def __init__(self, answer=None) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.stopping = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=16)
+        self._listener.settimeout(0.05)
+        self._lock = threading.Lock()
+        self._sockets: list = []
+        self._threads: list = []
+        self._thread = threading.Thread(target=self._accept, name=type(self).__name__)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self._listener.getsockname()[1]}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.address}/api"
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopping.set()
+        self._thread.join()
+        with self._lock:
+            sockets, threads = list(self._sockets), list(self._threads)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # closed already
+                pass
+        for thread in threads:
+            thread.join()
+        self._listener.close()
+
+    def track(self, sock: socket.socket) -> socket.socket:
+        """Have ``sock`` shut down on leaving too (a proxy's upstream connection)."""
+        with self._lock:
+            self._sockets.append(sock)
+        return sock
+
+    def serve(self, conn: socket.socket) -> None:
+        self.answer(conn, self.stopping)
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(self.track(conn),),
+                                      name=f"{type(self).__name__}-connection")
+            with self._lock:
+                self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                self.serve(conn)
+            except OSError:  # the client may leave at any point
+                pass
+
+
+def next_http_event(conn: socket.socket, http: h11.Connection, stopping: threading.Event) -> object:
+    """The next h11 event read from ``conn`` (which has a short timeout), or None once
+    ``stopping`` is set or the connection fails."""
+    while not stopping.is_set():
+        event = http.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        try:
+            http.receive_data(conn.recv(65536))
+        except socket.timeout:
+            continue
+        except OSError:
+            return None
+    return None
+
+
+def send_h11_json(conn: socket.socket, http: h11.Connection, body: dict) -> None:
+    """Answer 200 with ``body`` as JSON, and close."""
+    data = json.dumps(body).encode()
+    conn.sendall(http.send(h11.Response(status_code=200, headers=[
+        ("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+        ("Connection", "close")])) + http.send(h11.Data(data=data)) + http.send(h11.EndOfMessage()))
+
+
+class PingCountingPeer(TcpPeer):
     """One run stream on 127.0.0.1 that counts the client's pings and answers each with a pong.
 
     Served with h11 (the ticket request) and wsproto (the WebSocket): it mints a ticket,
@@ -117,51 +214,21 @@ class PingCountingPeer:
     """
 
     def __init__(self, pings_before_e2: int, give_up_after: float = 3.0) -> None:
+        super().__init__()
         self.pings_before_e2 = pings_before_e2
         self.give_up_after = give_up_after
         self.pings_answered = 0
         self.upgrades = 0
         self.quiet_seconds = 0.0
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(4)
-        self._listener.settimeout(0.05)
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="ping-counting-peer")
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/api"
-
-    def __enter__(self) -> PingCountingPeer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stopping.set()
-        self._thread.join()
-        self._listener.close()
-
-    def _serve(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            with conn:
-                conn.settimeout(0.05)
-                self._answer(conn)
-
-    def _answer(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
+        conn.settimeout(0.05)
         http = h11.Connection(h11.SERVER)
-        event = self._next_http_event(conn, http)
+        event = next_http_event(conn, http, self.stopping)
         if not isinstance(event, h11.Request):
             return
         if event.method == b"POST":
-            body = json.dumps({"ticket": "ping-test-ticket"}).encode()
-            conn.sendall(http.send(h11.Response(status_code=200, headers=[
-                ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                ("Connection", "close")])) + http.send(h11.Data(data=body)) + http.send(h11.EndOfMessage()))
+            send_h11_json(conn, http, {"ticket": "ping-test-ticket"})
             return
         ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
         ws.initiate_upgrade_connection(event.headers, event.target)
@@ -169,22 +236,11 @@ class PingCountingPeer:
         self.upgrades += 1
         self._stream(conn, ws)
 
-    def _next_http_event(self, conn: socket.socket, http: h11.Connection) -> object:
-        while not self._stopping.is_set():
-            event = http.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            try:
-                http.receive_data(conn.recv(65536))
-            except socket.timeout:
-                continue
-        return None
-
     def _stream(self, conn: socket.socket, ws: wsproto.WSConnection) -> None:
         conn.sendall(ws.send(wsproto.events.TextMessage(data=json.dumps({"type": "tick", "id": "e1"}))))
         quiet_since = time.monotonic()
         e2_sent = False
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             try:
                 data = conn.recv(65536)
             except socket.timeout:
@@ -1427,35 +1483,16 @@ class PeerConnection:
             return
 
 
-class RawPeer:
+class RawPeer(TcpPeer):
     """A WebSocket server on 127.0.0.1: connection N runs ``scripts[N]``, then (if the
-    script returns) waits for the client to leave. Later connections are refused 503."""
+    script returns) waits for the client to leave. Later connections are refused 503.
+    ``served`` holds each connection as its script saw it."""
 
     def __init__(self, *scripts) -> None:
+        super().__init__()
         self._scripts = list(scripts)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self.url = f"ws://127.0.0.1:{self._listener.getsockname()[1]}/ws"
-        self.connections: list = []
-        self._stopping = threading.Event()
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-
-    def __enter__(self) -> RawPeer:
-        self._threads[0].start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stopping.set()
-        for conn in self.connections:
-            try:
-                conn.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:  # the client closed it already
-                pass
-        for thread in list(self._threads):
-            thread.join(10)
-        for conn in self.connections:
-            conn.sock.close()
-        self._listener.close()
+        self.url = f"ws://{self.address}/ws"
+        self.served: list = []
 
     def client(self, **options) -> rakerone.Client:
         """A client whose tickets point at this peer (nothing is sent to its base URL)."""
@@ -1463,27 +1500,18 @@ class RawPeer:
         client.mint_run_ticket = lambda *ids: rakerone.WsTicket(ticket="peer-ticket", ws_url=self.url)
         return client
 
-    def _accept(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            sock.settimeout(10)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = PeerConnection(sock)
-            self.connections.append(conn)
+    def serve(self, sock: socket.socket) -> None:
+        sock.settimeout(10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = PeerConnection(sock)
+        with self._lock:
+            self.served.append(conn)
             script = self._scripts.pop(0) if self._scripts else (lambda c: c.refuse(503))
-            thread = threading.Thread(target=self._serve, args=(conn, script), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: PeerConnection, script) -> None:
         try:
             conn.handshake()
             script(conn)
-        except OSError:  # the client may leave at any point
-            return
+        except OSError:  # the client left: what it sent before is still to be read
+            pass
         if conn._reader.is_alive():
             conn._reader.join(10)
 
@@ -1700,7 +1728,7 @@ def test_a_frame_over_max_message_bytes_is_refused_with_1009_before_its_payload(
 
         growth = peak_rss_growth_mib(read)
         elapsed = time.monotonic() - started
-        assert peer.connections[0].close_code() == 1009
+        assert peer.served[0].close_code() == 1009
 
     assert elapsed < 2.0
     assert growth < 16
@@ -1722,7 +1750,7 @@ def test_a_fragmented_100_mib_message_is_refused_once_its_fragments_pass_the_lim
                 next(events)
 
         growth = peak_rss_growth_mib(read)
-        assert peer.connections[0].close_code() == 1009
+        assert peer.served[0].close_code() == 1009
 
     assert growth < 64  # 16 MiB accepted, then refused; unbounded, 100 MiB and more
 
@@ -1788,7 +1816,7 @@ def test_fragments_pings_mid_message_and_frames_split_across_reads_decode_exactl
 
     with RawPeer(send_awkward_frames) as peer, peer.client() as client:
         events = list(client.iter_run_events(PROJECT, RUN, max_outage=0))
-        pongs = [event.payload for event in peer.connections[0].received if type(event).__name__ == "Pong"]
+        pongs = [event.payload for event in peer.served[0].received if type(event).__name__ == "Pong"]
 
     assert [event.id for event in events] == ["e1", "e2", "e3", "e4", "e5"]
     assert events[0].raw == run_event(1) and events[2].raw == run_event(3)
@@ -2054,7 +2082,7 @@ def peer_stopping(handler) -> bool:
     return handler.server.peer_stopping.is_set()
 
 
-class LoopbackProxy:
+class LoopbackProxy(TcpPeer):
     """An HTTP proxy on 127.0.0.1 for loopback targets only: CONNECT tunnels, and plain
     requests in absolute form forwarded as they are; both spliced both ways.
 
@@ -2062,68 +2090,20 @@ class LoopbackProxy:
     """
 
     def __init__(self, refuse_from=None) -> None:
+        super().__init__()
         self.refuse_from = refuse_from
         self.tunnels = self.forwards = self.refusals = 0
         self.credentials: list = []  # each request's Proxy-Authorization, or None
-        self._lock = threading.Lock()
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(16)
-        self._listener.settimeout(0.05)
-        self._stopping = threading.Event()
-        self._sockets: set = set()
-        self._threads: list = []
-        self._thread = threading.Thread(target=self._accept, name="loopback-proxy")
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        return f"http://{self.address}"
 
     @property
     def hits(self) -> int:
         return self.tunnels + self.forwards + self.refusals
 
-    def __enter__(self) -> LoopbackProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stopping.set()
-        self._thread.join()
-        with self._lock:
-            sockets, threads = list(self._sockets), list(self._threads)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in threads:
-            thread.join()
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            thread = threading.Thread(target=self._serve, args=(conn,), name="loopback-proxy-conn")
-            with self._lock:
-                self._sockets.add(conn)
-                self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        opened = [conn]
-        try:
-            self._relay(conn, opened)
-        except OSError:
-            pass
-        finally:
-            for sock in opened:
-                sock.close()
-
-    def _relay(self, conn: socket.socket, opened: list) -> None:
+    def serve(self, conn: socket.socket) -> None:
         head = b""
         while b"\r\n\r\n" not in head and len(head) < 65536:
             data = conn.recv(65536)
@@ -2153,21 +2133,18 @@ class LoopbackProxy:
             host, port, rest = parts.hostname, parts.port or 80, head
         if host not in ("127.0.0.1", "localhost"):
             return  # tests only ever talk to loopback
-        upstream = socket.create_connection(("127.0.0.1", int(port)), timeout=5)
-        opened.append(upstream)
-        with self._lock:
-            self._sockets.add(upstream)
-        if method == b"CONNECT":
-            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        if rest:
-            upstream.sendall(rest)
-        self._splice(conn, upstream)
+        with self.track(socket.create_connection(("127.0.0.1", int(port)), timeout=5)) as upstream:
+            if method == b"CONNECT":
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            if rest:
+                upstream.sendall(rest)
+            self._splice(conn, upstream)
 
     def _splice(self, one: socket.socket, other: socket.socket) -> None:
         with selectors.DefaultSelector() as selector:
             selector.register(one, selectors.EVENT_READ, other)
             selector.register(other, selectors.EVENT_READ, one)
-            while not self._stopping.is_set():
+            while not self.stopping.is_set():
                 for key, _ in selector.select(0.05):
                     try:
                         data = key.fileobj.recv(65536)
@@ -2981,62 +2958,6 @@ def test_a_client_used_again_after_close_still_keeps_its_deadline(no_leaks):
     assert elapsed < 5
 
 
-class TcpPeer:
-    """A TCP server on 127.0.0.1 running ``answer(conn, stopping)`` for each connection,
-    each on a thread of its own; leaving the with block cuts and joins them all."""
-
-    def __init__(self, answer) -> None:
-        self.answer = answer
-        self.connections = 0
-        self.stopping = threading.Event()
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(16)
-        self._listener.settimeout(0.05)
-        self._conns: list = []
-        self._threads: list = []
-        self._thread = threading.Thread(target=self._accept, name="raw-peer")
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self._listener.getsockname()[1]}"
-
-    def __enter__(self) -> TcpPeer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stopping.set()
-        self._thread.join()
-        for conn in self._conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in self._threads:
-            thread.join()
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            self.connections += 1
-            thread = threading.Thread(target=self._serve, args=(conn,), name="raw-peer-conn")
-            self._conns.append(conn)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            try:
-                self.answer(conn, self.stopping)
-            except OSError:
-                pass
-
-
 def dripping(data: bytes, every: float = 0.2):
     """An answer for TcpPeer: read the request, then send ``data`` one byte at a time."""
     def answer(conn, stopping):
@@ -3542,7 +3463,7 @@ def test_cli_api_bad_input_is_a_usage_or_configuration_error(fake, cli_env, args
     assert all(record.path == "/api/healthz" for record in fake.requests) or fake.requests == []
 
 
-class MisbehavingAPI:
+class MisbehavingAPI(TcpPeer):
     """A RakerOne API on 127.0.0.1 that misbehaves on purpose, one mode at a time.
 
     ``silent``: accepts connections and never answers. ``hang_upgrade``: answers the
@@ -3552,93 +3473,40 @@ class MisbehavingAPI:
     """
 
     def __init__(self, mode: str) -> None:
+        super().__init__()
         self.mode = mode
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(16)
-        self._listener.settimeout(0.05)
-        self._stopping = threading.Event()
-        self._threads: list = []
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/api"
-
-    def __enter__(self) -> MisbehavingAPI:
-        self._spawn(self._accept_loop)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stopping.set()
-        for thread in list(self._threads):
-            thread.join()
-        self._listener.close()
-
-    def _spawn(self, target, *args) -> None:
-        thread = threading.Thread(target=target, args=args, name=f"misbehaving-api-{self.mode}")
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            conn.settimeout(0.05)
-            self._spawn(self._serve, conn)
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            while not self._stopping.is_set() and self.mode != "silent":
-                http = h11.Connection(h11.SERVER)
-                request = self._next_event(conn, http)
-                if not isinstance(request, h11.Request):
-                    return
-                if request.target.endswith(b"/ws-ticket"):
-                    self._answer(conn, http, {"ticket": "t-misbehaving"})
-                elif b"/ws" in request.target:
-                    return self._websocket(conn, request)
-                else:
-                    self._answer(conn, http, {"run": {"id": RUN, "status": "running"}})
-                    return
-            self._stopping.wait()
-
-    def _answer(self, conn: socket.socket, http: h11.Connection, body: dict) -> None:
-        data = json.dumps(body).encode()
-        conn.sendall(http.send(h11.Response(status_code=200, headers=[
-            ("Content-Type", "application/json"), ("Content-Length", str(len(data))),
-            ("Connection", "close")])) + http.send(h11.Data(data=data)) + http.send(h11.EndOfMessage()))
+    def serve(self, conn: socket.socket) -> None:
+        conn.settimeout(0.05)
+        while not self.stopping.is_set() and self.mode != "silent":
+            http = h11.Connection(h11.SERVER)
+            request = next_http_event(conn, http, self.stopping)
+            if not isinstance(request, h11.Request):
+                return
+            if request.target.endswith(b"/ws-ticket"):
+                send_h11_json(conn, http, {"ticket": "t-misbehaving"})
+            elif b"/ws" in request.target:
+                return self._websocket(conn, request)
+            else:
+                send_h11_json(conn, http, {"run": {"id": RUN, "status": "running"}})
+                return
+        self.stopping.wait()
 
     def _websocket(self, conn: socket.socket, request: h11.Request) -> None:
         if self.mode == "hang_upgrade":
-            self._stopping.wait()
+            self.stopping.wait()
             return
         ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
         ws.initiate_upgrade_connection(request.headers, request.target)
         conn.sendall(ws.send(wsproto.events.AcceptConnection()))
         frame = ws.send(wsproto.events.TextMessage(data=json.dumps({"type": "tick", "id": "e1", "pad": "x" * 80})))
         for byte in frame:
-            if self._stopping.wait(0.5):
+            if self.stopping.wait(0.5):
                 return
             try:
                 conn.sendall(bytes([byte]))
             except OSError:
                 return
-
-    def _next_event(self, conn: socket.socket, http: h11.Connection) -> object:
-        while not self._stopping.is_set():
-            event = http.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            try:
-                data = conn.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                return None
-            http.receive_data(data)
-        return None
 
 
 @pytest.mark.parametrize("mode, exit_code", [("silent", 6), ("hang_upgrade", 124), ("trickle_frame", 124)])
