@@ -1733,7 +1733,8 @@ def _socket_ssl_context(route: Mapping[str, Any]) -> ssl.SSLContext:
     """The TLS context for a stream on the route requests chose: urllib3's defaults, the
     same trust (CA bundle, or none with verify=False) and the same client certificate."""
     verify, cert = route["verify"], route["cert"]
-    context = urllib3.util.ssl_.create_urllib3_context(cert_reqs=ssl.CERT_NONE if verify is False else ssl.CERT_REQUIRED)
+    context = urllib3.util.ssl_.create_urllib3_context(
+        cert_reqs=ssl.CERT_NONE if verify is False else ssl.CERT_REQUIRED)
     context.check_hostname = verify is not False  # urllib3 1.26 leaves it off (it checks names itself)
     if verify is not False:
         bundle = requests.certs.where() if verify in (True, None) else verify  # type: ignore[attr-defined]
