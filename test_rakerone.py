@@ -3092,20 +3092,18 @@ def test_a_truncated_or_broken_body_is_a_named_error_and_retried(no_leaks, sleep
     assert len(peer.requests) == 3 and len(sleeps) == 2
 
 
-def answer_then_drop_the_next_request():
+def answer_then_drop_the_next_request(handler) -> None:
     """Answers, keeps the connection, then closes it on the next request unanswered: a
     server timing out an idle connection just as the client reuses it."""
-    def answer(handler):
-        if len(handler.server.peer_requests) == 2:
-            handler.close_connection = True  # nothing written: the client reads an empty answer
-        else:
-            answer_run(handler)
-    return answer
+    if len(handler.server.peer_requests) == 2:
+        handler.close_connection = True  # nothing written: the client reads an empty answer
+    else:
+        answer_run(handler)
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_a_pooled_connection_the_server_closed_is_resent_at_once_when_safe(no_leaks, sleeps, method):
-    with ScriptedPeer(answer_then_drop_the_next_request()) as peer, \
+    with ScriptedPeer(answer_then_drop_the_next_request) as peer, \
             rakerone.Client(ODD_KEY, base_url=peer.base_url, max_retries=0) as client:
         client._sleep = sleeps.append
         client.request(method, "/projects/{}/playbook-runs/{}", PROJECT, RUN)
