@@ -877,8 +877,9 @@ _current = threading.local()
 
 class _ReportingConnectionMixin:
     """Tells the current attempt which socket carries it: as soon as a new one is
-    connected (before any proxy tunnel or TLS handshake, which could drip too), and
-    each time a pooled one is reused (then also that it is reused)."""
+    connected (before any proxy tunnel, which could drip too), and each time a
+    pooled one is reused (then also that it is reused). A TLS handshake detaches the
+    reported socket; CPython bounds the whole handshake by the socket's timeout."""
 
     _rakerone_used_sock: Optional[socket.socket] = None
 
@@ -1354,6 +1355,7 @@ class Client:
         if template is None:
             template = self._templates[method] = self._session.prepare_request(
                 requests.Request(method, self.base_url, headers=self._headers, auth=self._auth))
+            template.headers.pop("Cookie", None)  # the jar's cookies of each call are added below
         prepared = template.copy()
         prepared.prepare_url(url, params)
         if body is not None:
@@ -1428,10 +1430,10 @@ class Client:
         error page is only read as far as its message needs, and not at all when compressed)."""
         error_page = response.status_code >= 300
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("", "identity") and error_page:
-            response._content = b""  # left unread: the status says what went wrong (a proxy's gzip 503)
-            return b""
         if encoding not in ("", "identity"):
+            if error_page:
+                response._content = b""  # left unread: the status says what went wrong (a proxy's gzip 503)
+                return b""
             raise _AttemptFailed(UnexpectedResponseError(
                 f"{what} answered HTTP {response.status_code} with a {encoding!r}-compressed body "
                 "although the client asked for none; refusing to decompress it",
@@ -1707,7 +1709,9 @@ class Client:
             return StreamError(f"stream {path}: cannot connect to {self._redact(url)!r} ({reason})")
         if isinstance(exc, (OSError, websocket.WebSocketException, urllib3.exceptions.HTTPError)):
             return _ConnectionLost(f"could not connect ({reason})")  # HTTPError: opening our tunnel
-        return exc
+        if isinstance(exc, RakerOneError):
+            return exc
+        return StreamError(f"stream {path}: could not connect ({reason})")  # python-socks' ProxyError
 
     def _socket_url(self, path: str, ticket: WsTicket) -> str:
         """The ticket's ``wsUrl``, or else ``<base>/…/ws?ticket=`` with ws(s); never a
@@ -1977,14 +1981,14 @@ def _decode_json(payload: bytes, secrets: Iterable[Optional[str]] = ()) -> Any:
 
     ``raw_decode`` skips ``json.loads``'s two layers and two regular expressions
     (~0.7 us of a 200 B event); anything it does not take whole (surrounding
-    whitespace, a byte-order mark, an error) goes to ``json.loads`` for its answer.
+    whitespace, an error) goes to ``json.loads`` of the text for its answer.
     """
     try:
         text = payload.decode("utf-8")
         try:
             message, end = _raw_decode(text)
         except ValueError:
-            return json.loads(text)  # for its error (or its answer, after a byte-order mark)
+            return json.loads(text)  # for its error (or its answer, after leading whitespace)
         return message if end == len(text) else json.loads(text)
     except ValueError:  # UnicodeDecodeError and JSONDecodeError both
         problem = "a frame that is not UTF-8 JSON"
@@ -1996,9 +2000,10 @@ def _decode_json(payload: bytes, secrets: Iterable[Optional[str]] = ()) -> Any:
 class _ConnectionReader:
     """Reads one connection's events, keeping it alive with pings and deadlines.
 
-    The socket wakes the reader at the nearest deadline (ping due, pong due, idle),
-    also in the middle of a frame. The wake-up time is set when state changes, never
-    per frame, since a frame can only push deadlines later.
+    The socket wakes the reader at the nearest deadline (ping due, pong due, idle, the
+    caller's deadline), also in the middle of a frame or while frames keep coming. The
+    wake-up time is set when state changes, never per frame: a wake-up that comes early
+    (an event pushed the ping later) only sets the next one.
     """
 
     def __init__(self, ws: Any, settings: _StreamSettings, secrets: Iterable[Optional[str]]) -> None:
@@ -2053,6 +2058,8 @@ class _ConnectionReader:
 
     def _on_silence(self) -> None:
         """Nothing complete for a while: ping, declare the peer dead, or time out idle."""
+        import websocket
+
         now = time.monotonic()
         self._check_deadlines(now)
         settings = self._settings
@@ -2062,7 +2069,11 @@ class _ConnectionReader:
                 self._ws.shutdown()
                 raise _ConnectionLost(f"no answer to a ping within {settings.ping_timeout:g} s{half_read}")
         elif now - self._last_frame_at >= settings.ping_interval:
-            self._ws.ping()
+            try:
+                self._ws.ping()
+            except (OSError, websocket.WebSocketException) as exc:
+                raise _ConnectionLost(f"connection dropped sending a ping ({type(exc).__name__}: {exc})",
+                                      exc) from None
             self._ping_sent_at = now
         self._ws.set_wake_time(self._next_wake())
 
@@ -2096,11 +2107,9 @@ def _read_ahead_websocket_class() -> type:
 
     Built on first use, since websocket is imported lazily.
     """
-    import socket
-
     import websocket
 
-    ABNF, Timeout = websocket.ABNF, websocket.WebSocketTimeoutException
+    ABNF, TimedOut = websocket.ABNF, websocket.WebSocketTimeoutException
 
     class ReadAheadWebSocket(websocket.WebSocket):
         """Overrides websocket-client's public ``recv_frame()`` (and extends ``__init__``
@@ -2228,14 +2237,13 @@ def _read_ahead_websocket_class() -> type:
         def _fill(self, count: int) -> None:
             """Make ``count`` bytes of the current frame available in the buffer."""
             while self._end - self._start < count:
-                mid_frame = self._end > self._start
-                if not mid_frame:
+                if self._end == self._start:
                     self._start = self._end = 0
                 elif self._start + count > len(self._buffer):  # a header cut by the buffer's end
                     kept = self._end - self._start
                     self._buffer[:kept] = self._buffer[self._start:self._end]
                     self._start, self._end = 0, kept
-                self._end += self._read_into(self._view[self._end:], mid_frame)
+                self._end += self._read_into(self._view[self._end:])
 
         def _read_payload(self, length: int) -> bytearray:
             if self._payload is None:
@@ -2250,26 +2258,30 @@ def _read_ahead_websocket_class() -> type:
             payload, view = self._payload, self._payload_view
             assert payload is not None and view is not None
             while self._filled < length:
-                self._filled += self._read_into(view[self._filled:], True)
+                self._filled += self._read_into(view[self._filled:])
             view.release()  # or the payload could not grow when websocket-client joins fragments
             self._payload = self._payload_view = None
             return payload
 
-        def _read_into(self, view: memoryview, mid_frame: bool) -> int:
-            """One read, with websocket-client's exceptions for a timeout or a closed socket."""
+        def _read_into(self, view: memoryview) -> int:
+            """One read, with websocket-client's exceptions for a timeout or a closed socket.
+
+            No read waits past the wake-up time: neither bytes trickling into a frame, nor
+            whole frames that keep coming without an event for the caller (a server
+            replaying events already seen) may hold off the heartbeat and the deadlines.
+            """
             sock = self.sock
             if sock is None:
                 raise websocket.WebSocketConnectionClosedException("socket is already closed.")
-            if mid_frame and self._wake_at is not None:
-                # Bytes trickling in must not hold a read past the wake-up time.
+            if self._wake_at is not None:
                 left = self._wake_at - time.monotonic()
                 if left <= 0:
-                    raise Timeout("a frame is still incomplete at the wake-up time")
+                    raise TimedOut("the wake-up time came before the next frame was complete")
                 sock.settimeout(left)
             try:
                 count = sock.recv_into(view)
             except socket.timeout as exc:
-                raise Timeout(str(exc) or "timed out") from None
+                raise TimedOut(str(exc) or "timed out") from None
             if not count:
                 self.connected = False
                 raise websocket.WebSocketConnectionClosedException("Connection to remote host was lost.")
@@ -2281,7 +2293,7 @@ def _read_ahead_websocket_class() -> type:
 def _on_close_frame(payload: bytes, secrets: Iterable[Optional[str]] = ()) -> None:
     """Act on the server's close: return on 1000, else raise what the code means."""
     code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-    reason = _excerpt(payload[2:], 123, tuple(secrets))  # a close reason holds 123 bytes at most
+    reason = _excerpt(payload[2:], 123, tuple(secrets)) if len(payload) > 2 else ""  # 123 bytes at most
     described = f"server closed the stream with {code}" + (f" ({reason})" if reason else "")
     if code == 1000:
         logger.debug("%s", described)

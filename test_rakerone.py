@@ -2386,6 +2386,22 @@ def test_the_clients_own_session_keeps_the_cookies_the_api_sets(no_leaks):
     assert [headers.get("Cookie") for _, _, headers in peer.requests] == [None, "visit=v1"]
 
 
+def answer_setting_then_deleting_a_cookie(handler) -> None:
+    cookie = "visit=v1; Path=/" if len(handler.server.peer_requests) == 1 else "visit=; Path=/; Max-Age=0"
+    answer_json(handler, {"run": {"id": RUN, "status": "running"}}, headers=[("Set-Cookie", cookie)])
+
+
+@pytest.mark.parametrize("own_session", [True, False], ids=["own session", "session passed in"])
+def test_a_cookie_the_api_deletes_is_not_sent_again(no_leaks, own_session):
+    with requests.Session() as session, ScriptedPeer(answer_setting_then_deleting_a_cookie) as peer:
+        with rakerone.Client(ODD_KEY, base_url=peer.base_url, session=None if own_session else session) as client:
+            client.get_run(PROJECT, RUN)
+            client.request("POST", "/projects/{}/things", PROJECT, json={"n": 1})
+            client.request("POST", "/projects/{}/things", PROJECT, json={"n": 2})
+
+    assert [headers.get("Cookie") for _, _, headers in peer.requests] == [None, "visit=v1", None]
+
+
 def test_an_adapter_mounted_after_the_client_was_made_carries_its_requests(no_leaks):
     adapter = CountingAdapter()
     with requests.Session() as session, ScriptedPeer(answer_run) as peer:
@@ -3467,6 +3483,8 @@ class MisbehavingAPI(TcpPeer):
     ``silent``: accepts connections and never answers. ``hang_upgrade``: answers the
     run (running) and the ticket, then never answers the WebSocket upgrade.
     ``trickle_frame``: accepts the upgrade, then sends one frame a byte every 0.5 s.
+    ``chatty``: accepts the upgrade, then sends an event every 0.3 s, the same one again
+    after the first (a server replaying history), and the run never ends.
     HTTP is parsed with h11 and the WebSocket with wsproto.
     """
 
@@ -3497,6 +3515,10 @@ class MisbehavingAPI(TcpPeer):
         ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
         ws.initiate_upgrade_connection(request.headers, request.target)
         conn.sendall(ws.send(wsproto.events.AcceptConnection()))
+        if self.mode == "chatty":
+            while not self.stopping.wait(0.3):
+                conn.sendall(ws.send(wsproto.events.TextMessage(data=json.dumps({"type": "tick", "id": "e1"}))))
+            return
         frame = ws.send(wsproto.events.TextMessage(data=json.dumps({"type": "tick", "id": "e1", "pad": "x" * 80})))
         for byte in frame:
             if self.stopping.wait(0.5):
@@ -3522,7 +3544,7 @@ def test_cli_run_wait_timeout_is_a_hard_deadline(no_leaks, mode, exit_code):
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("mode", ["silent", "hang_upgrade", "trickle_frame"])
+@pytest.mark.parametrize("mode", ["silent", "hang_upgrade", "trickle_frame", "chatty"])
 def test_wait_for_run_overruns_its_deadline_by_less_than_a_second(no_leaks, mode):
     with MisbehavingAPI(mode) as api, rakerone.Client(API_KEY, base_url=api.base_url) as client:
         started = time.monotonic()
