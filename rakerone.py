@@ -10,6 +10,10 @@ ever hanging, losing an event or printing a credential::
         run = client.get_run("proj_1", "run_1")
         for event in client.iter_run_events("proj_1", "run_1"):
             print(event.type, event.data)
+
+Read top-down: errors and the one classifier, secrets, models, settings,
+deadlines, the transport (the only code touching requests, urllib3 and
+websocket-client), streams, the client, waiting, shortcuts.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 import collections
+import contextlib
+import contextvars
 import datetime
-import email.utils
 import functools
+import hashlib
+import io
 import ipaddress
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -30,24 +38,23 @@ import re
 import socket
 import ssl
 import struct
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any, Callable, Optional, Union, cast
-from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
 import attrs
 import requests
 import requests.adapters
 import requests.auth
-import requests.cookies
 import requests.structures
 import urllib3
 import urllib3.connection
 import urllib3.exceptions
 import urllib3.util
+import urllib3.util.retry
 import urllib3.util.ssl_
 
 __all__ = [
@@ -101,8 +108,7 @@ DEFAULT_MAX_RETRIES = 2
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 #: Connections kept open per host, so 16 threads sharing one client never churn them.
 POOL_SIZE = 32
-#: The longest number of seconds any timeout or interval may be (a week): larger
-#: values are surely a mistake, and overflow the platform's timers.
+#: The longest any timeout or interval may be (a week): larger is surely a mistake.
 MAX_SECONDS = 7 * 24 * 3600.0
 #: How much of an error page is read for its message.
 ERROR_PAGE_BYTES = 1024 * 1024
@@ -117,11 +123,13 @@ NOT_ACTED_STATUSES = frozenset({429, 503})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRY_BACKOFF_BASE = 0.5  # seconds; doubled per attempt, then fully jittered
 RETRY_BACKOFF_CAP = 8.0
-#: A longer Retry-After is not slept through: the RateLimitError is raised at once.
+#: A longer Retry-After is not slept through: the error is raised at once.
 RETRY_AFTER_CAP = 60.0
 
 #: Seconds a stream may go without a working connection before it gives up (max_outage).
 DEFAULT_MAX_OUTAGE = 60.0
+DEFAULT_PING_INTERVAL = 20.0
+DEFAULT_PING_TIMEOUT = 10.0
 RECONNECT_BACKOFF_BASE = 0.25  # seconds; doubled per failed attempt, capped, fully jittered
 RECONNECT_BACKOFF_CAP = 10.0
 #: A connection that stays open this long, or delivers a new event, counts as working.
@@ -140,8 +148,6 @@ CLOSE_TIMEOUT = 1.0
 RECONNECT_CLOSE_CODES = frozenset({1001, 1005, 1006, 1011, 1012, 1013, 1014})
 #: Close codes that mean "not allowed", mapped to the HTTP status they stand for.
 CLOSE_CODE_STATUS = {1008: 403, 4401: 401, 4403: 403, 4404: 404}
-#: The default of the deprecated stream options, to tell "not given" from any value.
-_NOT_GIVEN: Any = object()
 
 #: Run statuses (lower case, ``-``/space as ``_``) that end a run; the vocabulary is
 #: not documented, so both lists are generous.
@@ -158,11 +164,17 @@ FAILURE_STATUSES = frozenset(
 
 logger = logging.getLogger("rakerone")
 
-# -- Errors ----------------------------------------------------------------------------
+# -- Errors and the one classifier -----------------------------------------------------
 
 
 class RakerOneError(Exception):
-    """Base class of every error this module raises."""
+    """Base class of every error this module raises.
+
+    ``retryable`` says whether the same call may well succeed later (a network
+    failure, a timeout, 408, 429, 5xx); ``wait_for_run`` waits those out.
+    """
+
+    retryable = False
 
 
 class ConfigurationError(RakerOneError, ValueError):
@@ -192,15 +204,12 @@ class APIError(RakerOneError):
         #: ``ErrorResponse.issues``, present when ``code`` is ``invalid_body``.
         self.issues = issues
         self.request_id = request_id
+        #: The answer, read and redacted: its request carries no key.
         self.response = response
-        #: The decoded JSON body, or None when it was not JSON.
+        #: The decoded JSON body (redacted), or None when it was not JSON.
         self.body = body
         #: Seconds the server asked us to wait (``Retry-After``), when it said.
         self.retry_after = retry_after
-
-    @property
-    def message(self) -> str:
-        return str(self)
 
 
 class BadRequestError(APIError):
@@ -252,11 +261,13 @@ class StreamError(RakerOneError):
 
 
 class StreamTimeoutError(StreamError):
-    """No event arrived within the stream's ``idle_timeout``."""
+    """No event arrived within the stream's ``idle_timeout`` (or its deadline passed)."""
 
 
 class StreamDisconnectedError(StreamError):
     """The stream was lost and could not be restored within its ``max_outage``."""
+
+    retryable = True
 
 
 class MessageTooLargeError(StreamError):
@@ -299,31 +310,253 @@ def _error_class(status_code: int) -> type[APIError]:
     return _ERROR_CLASSES.get(status_code, APIError)
 
 
+#: The classifier's verdicts: how a failed call may be tried again.
+_FINAL = "final"  # never: another try would fail the same way
+_IF_SAFE = "if safe to repeat"  # the server may have acted: only an idempotent call is resent
+_ALWAYS = "always"  # the server cannot have acted on it
+
+
+@attrs.frozen
+class _Answer:
+    """An error answer: an HTTP status of 300 or more, or a refused WebSocket upgrade."""
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+    response: Optional[requests.Response] = None
+
+
+@attrs.frozen
+class _Closed:
+    """A stream's close frame with a code other than 1000."""
+
+    code: int
+    reason: str
+
+
+class _BadBody(Exception):
+    """Internal: an answer whose body we will not use; ``problem`` names why."""
+
+    def __init__(self, problem: str, detail: str, content: bytes = b"") -> None:
+        super().__init__(detail)
+        self.problem = problem  # "too large", "compressed", "truncated" or "unreadable"
+        self.content = content
+
+
+class _Cut(Exception):
+    """Internal: an attempt cut short by its deadline, by ``close()``, or with no time left."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why  # "deadline", "closed" or "no time"
+
+
+def _classify(failure: Any, what: str, secrets: _Secrets, seconds: float,
+              stream: bool = False) -> tuple[RakerOneError, str]:
+    """The one place a failure becomes (our error, how it may be retried).
+
+    ``failure`` is an _Answer, a _Closed frame, a _BadBody, a _Cut, or whatever
+    requests, urllib3, ssl or websocket-client raised; HTTP calls, streams and
+    ``wait_for_run`` all act on this verdict and nothing else.
+    """
+    lost = StreamDisconnectedError if stream else APIConnectionError
+    if isinstance(failure, RakerOneError):  # ours already (a setting, a refused message size)
+        return failure, _FINAL
+    if isinstance(failure, _Answer):
+        status = failure.status
+        if status == 407:
+            return ProxyAuthenticationError(
+                f"{what}: the proxy refused to carry the request (HTTP 407); check the proxy's "
+                "credentials (in https_proxy, or the session's proxies)"), _FINAL
+        error: RakerOneError = _answer_error(failure, what, secrets)
+        kind = _ALWAYS if status in NOT_ACTED_STATUSES else _IF_SAFE if status in RETRYABLE_STATUSES else _FINAL
+    elif isinstance(failure, _Closed):
+        return _close_error(failure)
+    elif isinstance(failure, _BadBody):
+        error, kind = _body_error(failure, what, secrets)
+    elif isinstance(failure, _Cut):
+        if failure.why == "closed":
+            return lost(f"{what}: the client was closed during the call"), _FINAL
+        if failure.why == "no time":
+            return APITimeoutError(f"{what}: no time left before the deadline"), _FINAL
+        if stream:
+            return lost(f"{what}: the WebSocket handshake took longer than its {seconds:g} s timeout"), _IF_SAFE
+        error, kind = APITimeoutError(
+            f"{what} timed out after {seconds:g} s (the limit for connecting, sending and "
+            "reading the whole answer)"), _IF_SAFE
+    else:
+        error, kind = _network_error(failure, what, secrets.redact(_describe_network_error(failure)), lost)
+    error.retryable = kind != _FINAL
+    return error, kind
+
+
+def _network_error(exc: BaseException, what: str, reason: str,
+                   lost: type[RakerOneError]) -> tuple[RakerOneError, str]:
+    """A network failure of requests, urllib3, ssl or websocket-client, and its verdict."""
+    import websocket
+
+    root = _root_cause(exc)
+    if (isinstance(exc, (requests.exceptions.ProxyError, OSError)) and re.search(r"\b407\b", reason)):
+        return ProxyAuthenticationError(
+            f"{what}: the proxy refused to carry the request ({reason}); check the proxy's "
+            "credentials (in https_proxy, or the session's proxies)"), _FINAL
+    if isinstance(exc, requests.exceptions.SSLError) or isinstance(root, ssl.SSLError):
+        detail = root.verify_message if isinstance(root, ssl.SSLCertVerificationError) else reason
+        return (StreamError if lost is StreamDisconnectedError else APIConnectionError)(
+            f"{what}: TLS failed ({detail}); check verify= and the base URL"), _FINAL
+    if isinstance(exc, ValueError) and not isinstance(exc, requests.RequestException):
+        return StreamError(f"{what}: cannot use the stream's URL ({reason})"), _FINAL
+    if isinstance(root, urllib3.exceptions.NewConnectionError) or isinstance(
+            exc, (requests.exceptions.ConnectTimeout, ConnectionRefusedError)):
+        verb = "connect" if lost is StreamDisconnectedError else "reach the server"
+        return lost(f"{what}: could not {verb} ({reason})"), _ALWAYS
+    if isinstance(exc, (requests.exceptions.Timeout, websocket.WebSocketTimeoutException)) or isinstance(
+            root, (socket.timeout, urllib3.exceptions.ReadTimeoutError)):
+        return (lost if lost is StreamDisconnectedError else APITimeoutError)(
+            f"{what} timed out ({reason})"), _IF_SAFE
+    return lost(f"{what}: the connection failed ({reason})"), _IF_SAFE
+
+
+def _body_error(failure: _BadBody, what: str, secrets: _Secrets) -> tuple[RakerOneError, str]:
+    """A body we will not use: too large or compressed (final), truncated or unreadable."""
+    detail = f"{what}: {failure}"
+    if failure.problem == "truncated":
+        return APIConnectionError(detail), _IF_SAFE
+    if failure.problem == "unreadable":
+        return UnexpectedResponseError(f"{detail}: {secrets.excerpt(failure.content)!r}", status_code=200), _IF_SAFE
+    error_class = ResponseTooLargeError if failure.problem == "too large" else UnexpectedResponseError
+    return error_class(detail), _FINAL
+
+
+def _close_error(closed: _Closed) -> tuple[RakerOneError, str]:
+    """A close frame's error: restarts reconnect, "not allowed" codes read as HTTP statuses."""
+    described = f"server closed the stream with {closed.code}" + (f" ({closed.reason})" if closed.reason else "")
+    status = CLOSE_CODE_STATUS.get(closed.code)
+    if status is None and 4000 <= closed.code < 5000:
+        status = closed.code - 4000  # application codes read as 4000 + an HTTP status
+    if closed.code in RECONNECT_CLOSE_CODES or status in RETRYABLE_STATUSES:
+        error: RakerOneError = StreamDisconnectedError(described)
+        return error, _ALWAYS
+    if status is not None and 400 <= status < 600:
+        error = _error_class(status)(described, status_code=status)
+    else:
+        error = StreamError(described)
+    return error, _FINAL
+
+
+def _answer_error(answer: _Answer, what: str, secrets: _Secrets) -> APIError:
+    """Our error for an error answer (HTTP, or a WebSocket upgrade), redacted whole."""
+    status, headers = answer.status, answer.headers
+    text = secrets.redact(answer.content.decode("utf-8", "replace"))
+    try:
+        body = json.loads(text) if text.strip() else None
+    except (ValueError, RecursionError):
+        body = None
+    error_response = body if isinstance(body, dict) else {}
+    code = _optional_str(error_response.get("error"))
+    issues = error_response.get("issues")
+    issues = tuple(issues) if isinstance(issues, list) else ()
+    retry_after = _retry_after_seconds(headers)
+    parts = [f"{what} failed with HTTP {status}" + (f" ({code})" if code else "")]
+    detail = error_response.get("message") or error_response.get("detail")
+    if isinstance(detail, str):
+        parts.append(secrets.excerpt(detail, 300))
+    if issues:
+        parts.append("issues: " + secrets.excerpt(json.dumps(issues, default=str), 500))
+    if body is None and text.strip():
+        parts.append(f"the response was not JSON ({headers.get('Content-Type', 'unknown type')}): "
+                     f"{secrets.excerpt(text)!r}")
+    if status == 429 and retry_after is not None:
+        parts.append(f"retry after {retry_after:.0f} s")
+    if status >= 500:
+        parts.append("the RakerOne API had a problem; try again later")
+    elif 300 <= status < 400:
+        parts.append(f"the API redirected to {secrets.excerpt(headers.get('Location', 'elsewhere'))}, "
+                     "not followed; check the base URL")
+    elif status in _ERROR_HINTS:
+        parts.append(_ERROR_HINTS[status])
+    request_id = headers.get("X-Request-Id") or headers.get("Request-Id")
+    if request_id:
+        parts.append(f"request id {secrets.excerpt(request_id, 100)}")
+    return _error_class(status)(
+        secrets.redact("; ".join(parts)), status_code=status, code=code, issues=issues,
+        request_id=request_id, response=answer.response, body=body, retry_after=retry_after)
+
+
+def _retry_after_seconds(headers: Mapping[str, str]) -> Optional[float]:
+    """``Retry-After`` as seconds from now (a number or an HTTP date), as urllib3 reads it."""
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        seconds = float(value)  # urllib3 takes whole seconds only; "0.25" is common enough
+        return max(0.0, seconds) if seconds == seconds else None  # NaN is no answer
+    except ValueError:
+        pass
+    try:
+        return float(urllib3.util.retry.Retry().parse_retry_after(value))
+    except (urllib3.exceptions.HTTPError, ValueError, TypeError, OverflowError):
+        return None
+
+
+def _describe_network_error(exc: BaseException) -> str:
+    """A short reason for a network failure, without object reprs."""
+    reason: Any = exc
+    while reason.args and isinstance(reason.args[0], BaseException):
+        reason = reason.args[0]
+    reason = getattr(reason, "reason", reason)
+    text = re.sub(r"<[^>]*object at 0x[0-9a-f]+>:?\s*", "", str(reason))  # urllib3 1.26's
+    text = re.sub(r"\b\w*HTTPS?Connection\(host=[^)]*\):\s*", "", text)  # urllib3 2's
+    return text or type(reason).__name__
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a requests/urllib3 failure (they nest in args and .reason)."""
+    while True:
+        inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+        inner = getattr(exc, "reason", None) if inner is None else inner
+        if not isinstance(inner, BaseException) or inner is exc:
+            return exc
+        exc = inner
+
+
+# -- Secrets ---------------------------------------------------------------------------
+
 _TICKET_IN_URL = re.compile(r"(ticket=)[^&#\s'\"]+", re.IGNORECASE)
 _BEARER_TOKEN = re.compile(r"(Bearer\s+)[^\s'\",;]+", re.IGNORECASE)
 
 
-def _redact(text: str, *secrets: Optional[str]) -> str:
-    """Hide each secret in every form it travels in (raw, percent-encoded, JSON),
-    and any bearer token or ``ticket=`` value, so no key or ticket is ever quoted."""
-    forms = {form for secret in secrets if secret
-             for form in (secret, quote(secret, safe=""), quote(secret), quote_plus(secret),
-                          json.dumps(secret)[1:-1])}
-    if forms:
-        pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
-        text = re.sub(pattern, "***", text, flags=re.IGNORECASE)
-    text = _BEARER_TOKEN.sub(r"\1***", text)
-    return _TICKET_IN_URL.sub(r"\1***", text)
+class _Secrets:
+    """The API key and the tickets minted lately, hidden in every text we quote: raw,
+    percent-encoded and JSON-escaped, with any bearer token or ``ticket=`` value. The
+    key is kept apart from the tickets, so no number of tickets can push it out."""
 
+    def __init__(self, key: Optional[str]) -> None:
+        self._key = key
+        self._tickets: collections.deque[str] = collections.deque(maxlen=TICKETS_REMEMBERED)
+        self._pattern: Optional[re.Pattern[str]] = None
 
-def _excerpt(content: Union[bytes, str], limit: int = 200, secrets: tuple[Optional[str], ...] = ()) -> str:
-    """The start of a server's text on one line, redacted whole before it is cut
-    (so no part of a secret survives at the cut)."""
-    if isinstance(content, bytes):
-        content = content.decode("utf-8", "replace")
-    text = _redact(" ".join(content.split()), *secrets)
-    return text[:limit] + ("..." if len(text) > limit else "")
+    def add_ticket(self, ticket: str) -> None:
+        self._tickets.append(ticket)
+        self._pattern = None
 
+    def redact(self, text: str) -> str:
+        pattern = self._pattern
+        if pattern is None:
+            forms = {form for secret in (self._key, *self._tickets) if secret
+                     for form in (secret, quote(secret, safe=""), quote(secret), quote_plus(secret),
+                                  json.dumps(secret)[1:-1])}
+            alternatives = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
+            pattern = self._pattern = re.compile(alternatives or r"(?!)", re.IGNORECASE)
+        text = pattern.sub("***", text)
+        return _TICKET_IN_URL.sub(r"\1***", _BEARER_TOKEN.sub(r"\1***", text))
+
+    def excerpt(self, content: Union[bytes, str], limit: int = 200) -> str:
+        """The start of a server's text on one line, redacted whole before it is cut."""
+        if isinstance(content, (bytes, bytearray)):
+            content = bytes(content).decode("utf-8", "replace")
+        text = self.redact(" ".join(content.split()))
+        return text[:limit] + ("..." if len(text) > limit else "")
 
 # -- Models ----------------------------------------------------------------------------
 
@@ -400,6 +633,12 @@ class RunStep:
             finished_at=_parse_timestamp(data.get("finishedAt")),
             raw=dict(data),
         )
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the step has finished, by the rule of ``PlaybookRun.is_terminal``."""
+        status = _normalise_status(self.status)
+        return self.raw.get("finishedAt") not in (None, "") or status in SUCCESS_STATUSES | FAILURE_STATUSES
 
 
 @attrs.frozen
@@ -535,44 +774,34 @@ class Event:
         )
 
 
-# -- HTTP ------------------------------------------------------------------------------
+# -- Settings and validation -----------------------------------------------------------
 
 Timeout = Union[float, tuple[float, float]]
 #: An id as the API takes it: a string, or an int or UUID written out.
 Id = Union[str, int, uuid.UUID]
 
 
-class _BearerAuth(requests.auth.AuthBase):
-    """Adds the API key per request, so a session passed in is never altered, and
-    requests drops it on a redirect to another host."""
-
-    def __init__(self, api_key: str) -> None:
-        self._header = f"Bearer {api_key}"
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = self._header
-        return request
-
-    def __repr__(self) -> str:
-        return "<_BearerAuth ***>"
-
-
-def _positive_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
-    if value > MAX_SECONDS:
-        raise ConfigurationError(
-            f"{name} must be at most {MAX_SECONDS:.0f} seconds (a week), not {value!r}")
-    return float(value)
+def _checked_number(name: str, value: Any, *, whole: bool = False, zero: bool = False,
+                    seconds: bool = True) -> Any:
+    """The one check of every number a caller gives: a real int or float (never a bool),
+    above 0 (or at least 0 with ``zero``), whole where it counts things, and at most a
+    week where it is seconds (so NaN and infinity are refused too)."""
+    kinds = int if whole else (int, float)
+    if (isinstance(value, bool) or not isinstance(value, kinds) or not (value >= 0 if zero else value > 0)
+            or (seconds and not value <= MAX_SECONDS) or (not whole and not math.isfinite(value))):
+        what = "a whole number" if whole else "a number of seconds" if seconds else "a number"
+        bound = ">= 0" if zero else "> 0"
+        most = ", at most a week" if seconds else ""
+        raise ConfigurationError(f"{name} must be {what} {bound}{most}, not {value!r}")
+    return value if whole else float(value)
 
 
 def _check_timeout(timeout: Any) -> Timeout:
     if isinstance(timeout, tuple):
         if len(timeout) != 2:
             raise ConfigurationError(f"timeout must be seconds or (connect, read), not {timeout!r}")
-        return (_positive_number("connect timeout", timeout[0]),
-                _positive_number("read timeout", timeout[1]))
-    return _positive_number("timeout", timeout)
+        return (_checked_number("connect timeout", timeout[0]), _checked_number("read timeout", timeout[1]))
+    return cast(float, _checked_number("timeout", timeout))
 
 
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
@@ -632,7 +861,7 @@ def _check_base_url(base_url: Any, allow_insecure_http: bool) -> str:
     if parts.scheme not in ("http", "https") or not host:
         raise ConfigurationError(
             f"base_url must be an http(s) URL with a host, such as {DEFAULT_BASE_URL!r}; "
-            f"got {_redact(base_url)!r}"
+            f"got {_Secrets(None).redact(base_url)!r}"
         )
     if parts.username or parts.password or parts.query or parts.fragment:
         raise ConfigurationError(
@@ -647,11 +876,74 @@ def _check_base_url(base_url: Any, allow_insecure_http: bool) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
+@attrs.frozen
+class _Settings:
+    """A client's settings, checked: everything the transport needs besides the session."""
+
+    api_key: str = attrs.field(repr=False)
+    base_url: str
+    timeout: Timeout
+    max_retries: int
+    verify: Union[bool, str, None]
+    user_agent: str
+    allow_insecure_http: bool
+    max_response_bytes: int
+
+    @classmethod
+    def checked(cls, api_key: Any, base_url: Any, timeout: Any, max_retries: Any, verify: Any,
+                user_agent: Any, allow_insecure_http: Any, max_response_bytes: Any) -> _Settings:
+        """Check what the caller gave, with the environment's defaults; ConfigurationError if unusable."""
+        if not (verify is None or isinstance(verify, bool) or (isinstance(verify, str) and os.path.exists(verify))):
+            raise ConfigurationError(f"verify must be True, False or an existing CA bundle path, not {verify!r}")
+        agent = " ".join(filter(None, [
+            _check_user_agent(user_agent), f"rakerone-python/{__version__}",
+            f"python/{platform.python_version()}", f"requests/{getattr(requests, '__version__', 'unknown')}"]))
+        return cls(
+            api_key=_check_api_key(api_key if api_key is not None else os.environ.get(API_KEY_ENV)),
+            base_url=_check_base_url(
+                base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
+                bool(allow_insecure_http)),
+            timeout=_check_timeout(timeout),
+            max_retries=_checked_number("max_retries", max_retries, whole=True, zero=True, seconds=False),
+            verify=verify,
+            user_agent=agent,
+            allow_insecure_http=bool(allow_insecure_http),
+            max_response_bytes=_checked_number("max_response_bytes", max_response_bytes, whole=True,
+                                               seconds=False),
+        )
+
+    @property
+    def attempt_seconds(self) -> float:
+        """How long one attempt may take end to end: a (connect, read) pair's sum."""
+        return sum(self.timeout) if isinstance(self.timeout, tuple) else self.timeout
+
+
+@attrs.frozen
+class _StreamSettings:
+    """A stream's options, checked."""
+
+    ping_interval: float = DEFAULT_PING_INTERVAL
+    ping_timeout: float = DEFAULT_PING_TIMEOUT
+    idle_timeout: Optional[float] = None
+    #: Seconds without a working connection before the stream gives up; 0: never reconnect.
+    max_outage: float = DEFAULT_MAX_OUTAGE
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+    @classmethod
+    def checked(cls, *, max_outage: Any, max_message_bytes: Any, ping_interval: Any,
+                ping_timeout: Any, idle_timeout: Any) -> _StreamSettings:
+        return cls(
+            max_outage=_checked_number("max_outage", max_outage, zero=True),
+            max_message_bytes=_checked_number("max_message_bytes", max_message_bytes, whole=True, seconds=False),
+            ping_interval=_checked_number("ping_interval", ping_interval),
+            ping_timeout=_checked_number("ping_timeout", ping_timeout),
+            idle_timeout=None if idle_timeout is None else _checked_number("idle_timeout", idle_timeout),
+        )
+
+
 def _path_segment(name: str, value: Any) -> str:
     """Percent-encode an id as exactly one path segment ("../x" cannot climb)."""
-    if isinstance(value, uuid.UUID):
-        value = str(value)
-    elif isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, uuid.UUID) or (isinstance(value, int) and not isinstance(value, bool)):
         value = str(value)
     if not isinstance(value, str):
         raise ConfigurationError(f"{name} must be a str, int or UUID, not {type(value).__name__}")
@@ -662,128 +954,131 @@ def _path_segment(name: str, value: Any) -> str:
     return quote(value, safe="")
 
 
-def _retry_after_seconds(headers: Mapping[str, str]) -> Optional[float]:
-    """Read ``Retry-After`` as seconds from now: a number, or an HTTP date."""
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=datetime.timezone.utc)
-        seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
-    return max(0.0, seconds) if seconds == seconds else None  # NaN is no answer
+def _run_path(project_id: Any, run_id: Any) -> str:
+    return f"/projects/{_path_segment('project_id', project_id)}/playbook-runs/{_path_segment('run_id', run_id)}"
 
 
-def _api_error(
-    status_code: int,
-    headers: Mapping[str, str],
-    content: bytes,
-    what: str,
-    response: Optional[requests.Response] = None,
-    secrets: tuple[Optional[str], ...] = (),
-) -> APIError:
-    """The one place an error answer (HTTP or WebSocket handshake) becomes our error.
-
-    Everything quoted from the server is redacted whole before it is shortened."""
-    try:
-        body = json.loads(content) if content else None
-    except (ValueError, RecursionError):
-        body = None
-    error_response = body if isinstance(body, dict) else {}
-    code = _optional_str(error_response.get("error"))
-    issues = error_response.get("issues")
-    issues = tuple(issues) if isinstance(issues, list) else ()
-    request_id = headers.get("X-Request-Id") or headers.get("Request-Id")
-    retry_after = _retry_after_seconds(headers)
-
-    parts = [f"{what} failed with HTTP {status_code}" + (f" ({code})" if code else "")]
-    detail = error_response.get("message") or error_response.get("detail")
-    if isinstance(detail, str):
-        parts.append(_excerpt(detail, 300, secrets))
-    if issues:
-        parts.append("issues: " + _excerpt(json.dumps(issues, default=str), 500, secrets))
-    if body is None and content:
-        content_type = headers.get("Content-Type", "unknown type")
-        parts.append(f"the response was not JSON ({content_type}): {_excerpt(content, 200, secrets)!r}")
-    if status_code == 429 and retry_after is not None:
-        parts.append(f"retry after {retry_after:.0f} s")
-    hint: Optional[str]
-    if status_code >= 500:
-        hint = "the RakerOne API had a problem; try again later"
-    elif 300 <= status_code < 400:
-        location = _excerpt(headers.get("Location", "elsewhere"), 200, secrets)
-        hint = f"the API redirected to {location}, not followed; check the base URL"
-    else:
-        hint = _ERROR_HINTS.get(status_code)
-    if hint:
-        parts.append(hint)
-    if request_id:
-        parts.append(f"request id {_excerpt(request_id, 100, secrets)}")
-
-    return _error_class(status_code)(
-        _redact("; ".join(parts), *secrets),
-        status_code=status_code,
-        code=code,
-        issues=issues,
-        request_id=request_id,
-        response=response,
-        body=body,
-        retry_after=retry_after,
-    )
+def _brief_path(project_id: Any, brief_id: Any) -> str:
+    return f"/projects/{_path_segment('project_id', project_id)}/briefs/{_path_segment('brief_id', brief_id)}"
 
 
-def _describe_network_error(exc: BaseException) -> str:
-    """A short reason for a requests/urllib3 failure, without object reprs."""
-    reason: Any = exc
-    while reason.args and isinstance(reason.args[0], BaseException):
-        reason = reason.args[0]
-    reason = getattr(reason, "reason", reason)
-    text = re.sub(r"<[^>]*object at 0x[0-9a-f]+>:?\s*", "", str(reason))  # urllib3 1.26's
-    text = re.sub(r"\b\w*HTTPS?Connection\(host=[^)]*\):\s*", "", text)  # urllib3 2's
-    return text or type(reason).__name__
+_PATH_TEXT = re.compile(r"[A-Za-z0-9\-._~/!$&'()*+,;=:@%]*")
 
 
-def _backoff(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter: a random wait up to base * 2**attempt."""
-    return random.uniform(0, min(cap, base * 2**attempt))
+def _fill_path(template: Any, ids: tuple[Any, ...]) -> str:
+    """An API path from a template: each ``{}`` is one id, encoded as one segment."""
+    if not isinstance(template, str) or not template.startswith("/") or template.startswith("//"):
+        raise ConfigurationError(
+            f"path must be relative to the base URL, such as '/projects/{{}}/briefs'; got {template!r}")
+    literals = template.split("{}")
+    if len(literals) - 1 != len(ids):
+        raise ConfigurationError(
+            f"path {template!r} has {len(literals) - 1} '{{}}' placeholder(s) but {len(ids)} id(s) were given")
+    if not all(_PATH_TEXT.fullmatch(literal) for literal in literals):
+        raise ConfigurationError(
+            f"path {template!r} may hold only URL path characters and '{{}}' placeholders; "
+            "pass the query as params= and ids as arguments")
+    segments = [_path_segment(f"id {number}", value) for number, value in enumerate(ids, 1)]
+    path = literals[0] + "".join(segment + literal for segment, literal in zip(segments, literals[1:]))
+    if any(unquote(segment) in (".", "..") for segment in path.split("/")):
+        raise ConfigurationError(f"path {template!r} must not hold '.' or '..' segments")
+    return path
 
 
-# -- Transport: deadlines and fork safety ----------------------------------------------
+def _check_method(method: Any) -> str:
+    if not isinstance(method, str) or not re.fullmatch(r"[A-Za-z]+", method):
+        raise ConfigurationError(f"method must be an HTTP method such as 'GET' or 'POST', not {method!r}")
+    return method.upper()
+
+
+# -- Deadlines -------------------------------------------------------------------------
 #
-# Socket timeouts bound each read, not a whole response: a server that drips one byte
-# every half second would hold a call for hours. So each attempt (an HTTP exchange, or
-# opening a stream) is registered with a watchdog thread, which shuts its socket down
-# if it is still running at its deadline; the blocked read then fails at once.
+# Socket timeouts bound each read, not a whole answer: a server dripping a byte just
+# inside each read timeout would hold a call for hours. So every attempt (an HTTP
+# exchange, or opening a stream) is registered with the process's watchdog thread,
+# which shuts its socket down if it is still running at its deadline. Everything else
+# about time is a _Deadline passed down, read through one replaceable clock.
+
+
+class _Clock:
+    """The time every budget, backoff and deadline reads. Tests replace the module's
+    ``_clock`` with one whose ``sleep`` skips ahead instead of waiting."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+_clock = _Clock()
+
+
+@attrs.frozen
+class _Deadline:
+    """An instant on ``_clock`` by which work must end (``math.inf``: none)."""
+
+    at: float = math.inf
+
+    @classmethod
+    def after(cls, seconds: Optional[float]) -> _Deadline:
+        return cls(math.inf if seconds is None else _clock.now() + seconds)
+
+    @classmethod
+    def ambient(cls) -> _Deadline:
+        """The deadline of the work this thread is doing (``wait_for_run``'s), else none."""
+        return _ambient_deadline.get()
+
+    def sooner(self, seconds: float) -> _Deadline:
+        """This deadline, or ``seconds`` from now if that comes first."""
+        return _Deadline(min(self.at, _clock.now() + seconds))
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - _clock.now())
+
+    def clamp(self, seconds: float) -> float:
+        return min(seconds, self.remaining())
+
+    @property
+    def expired(self) -> bool:
+        return _clock.now() >= self.at
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """Make this the ambient deadline of every call and stream made inside the block."""
+        token = _ambient_deadline.set(_Deadline(min(self.at, _ambient_deadline.get().at)))
+        try:
+            yield
+        finally:
+            _ambient_deadline.reset(token)
+
+
+_NO_DEADLINE = _Deadline()
+_ambient_deadline: contextvars.ContextVar[_Deadline] = contextvars.ContextVar("rakerone_deadline",
+                                                                               default=_NO_DEADLINE)
 
 
 class _Attempt:
-    """One bounded piece of network work, and how to cut it short at its deadline.
+    """One watched piece of network work, and how to cut it short.
 
-    ``sock`` is its socket, as our own connections report it the moment it exists
-    (``connection.sock`` alone would miss a response read after http.client let go
-    of the socket: any answer with ``Connection: close`` or without a length).
-    Otherwise ``connection`` is whatever holds it: a WebSocket (``.sock``), or the
-    response of a session's own adapter (urllib3 2.3+ can ``shutdown()`` it).
+    ``sock`` is its socket, as our connections report it the moment it exists, or
+    else ``connection`` holds it: a WebSocket (``.sock``), or the urllib3 response of
+    a session's own adapter (urllib3 2.3+ can ``shutdown()`` it).
     """
 
-    __slots__ = ("deadline", "sock", "connection", "expired", "reused")
+    __slots__ = ("deadline", "owner", "sock", "connection", "cut", "reused")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: _Deadline, owner: object) -> None:
         self.deadline = deadline
+        self.owner = owner  # the transport, whose close() cuts it
         self.sock: Optional[socket.socket] = None
         self.connection: Any = None
-        self.expired = False
+        self.cut: Optional[str] = None  # "deadline" or "closed", once cut
         self.reused = False  # sent on a pooled connection that had carried a request before
 
-    def abort(self) -> None:
-        """Called at the deadline: unblock whatever is reading (close alone would not)."""
-        self.expired = True
+    def abort(self, why: str) -> None:
+        """Unblock whatever is reading (a close alone would not)."""
+        self.cut = why
         sock = self.sock if self.sock is not None else getattr(self.connection, "sock", None)
         try:
             if sock is not None:
@@ -795,75 +1090,84 @@ class _Attempt:
 
 
 class _Watchdog:
-    """A thread that aborts attempts still running at their deadline.
+    """The process's one thread that cuts attempts still running at their deadline.
 
-    One per client, started on first use, stopped by ``Client.close()`` or after
-    ``IDLE_EXIT`` seconds with nothing to watch. Registering costs a lock, not a
-    wake-up: deadlines only grow later, so the thread sleeps until the earliest one.
+    Started by the first attempt, gone within twice ``IDLE_EXIT`` seconds of the last
+    one's end; a new one is built in a forked child (see _after_fork). Registering costs
+    a lock, and a wake-up only for a deadline sooner than the thread's next.
     """
 
-    IDLE_EXIT = 5.0
+    IDLE_EXIT = 2.0
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
         self._attempts: set[_Attempt] = set()
-        self._thread: Optional[threading.Thread] = None
-        self._wake_at = float("inf")
-        self._stopping = False
-        self._pid = os.getpid()
+        self._running = False
+        self._wake_at = math.inf
 
     def watch(self, attempt: _Attempt) -> None:
+        """Watch ``attempt``; APIConnectionError if the thread cannot be started."""
         with self._condition:
+            if not self._running:
+                thread = threading.Thread(target=self._run, name="rakerone-watchdog", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError as exc:  # a process or memory limit: the next call tries again
+                    raise APIConnectionError(
+                        f"could not start the thread that enforces timeouts ({exc}); the call was not "
+                        "sent: is the process at its thread limit?") from None
+                self._running = True
             self._attempts.add(attempt)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="rakerone-watchdog", daemon=True)
-                self._thread.start()
-            elif attempt.deadline < self._wake_at:
+            if attempt.deadline.at < self._wake_at:
                 self._condition.notify()
 
     def unwatch(self, attempt: _Attempt) -> None:
         with self._condition:
             self._attempts.discard(attempt)
 
-    def stop(self) -> None:
-        if self._pid != os.getpid():
-            return  # a forked child: the thread stayed in the parent, maybe holding the lock
+    def cut_all(self, owner: object) -> None:
+        """Cut every attempt of ``owner`` now (its client is being closed)."""
         with self._condition:
-            thread = self._thread
-            self._stopping = thread is not None  # else the next thread would stop at once
-            self._condition.notify()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            for attempt in [a for a in self._attempts if a.owner is owner]:
+                self._attempts.discard(attempt)
+                attempt.abort("closed")
 
     def _run(self) -> None:
         with self._condition:
-            busy_at = time.monotonic()
-            while not self._stopping:
-                now = time.monotonic()
-                for attempt in [a for a in self._attempts if a.deadline <= now]:
+            idle_since = _clock.now()
+            while True:
+                now = _clock.now()
+                for attempt in [a for a in self._attempts if a.deadline.at <= now]:
                     self._attempts.discard(attempt)
-                    attempt.abort()
+                    attempt.abort("deadline")
                 if self._attempts:
-                    busy_at = now
-                elif now - busy_at >= self.IDLE_EXIT:
-                    break
-                self._wake_at = min((a.deadline for a in self._attempts), default=busy_at + self.IDLE_EXIT)
-                self._condition.wait(min(max(self._wake_at - now, 0.001), MAX_SECONDS))
-            self._thread, self._stopping, self._wake_at = None, False, float("inf")
+                    idle_since = now
+                elif now - idle_since >= self.IDLE_EXIT:
+                    self._running, self._wake_at = False, math.inf
+                    return
+                # Awake at least every IDLE_EXIT seconds: a call's end wakes no one, yet the
+                # thread must notice it has nothing left to watch.
+                self._wake_at = min(min((a.deadline.at for a in self._attempts), default=math.inf),
+                                    now + self.IDLE_EXIT)
+                self._condition.wait(max(self._wake_at - now, 0.001))
 
 
-#: How many times this process is a fork()ed child of the one that imported us: a
-#: stream opened before a fork must not be read, nor closed, from the child.
+_watchdog = _Watchdog()
+#: How many times this process is a fork()ed child of the one that imported us: the one
+#: fork generation that transports (their pools) and streams (their sockets) compare.
 _forks = 0
 
 
-def _count_fork() -> None:
-    global _forks
+def _after_fork() -> None:
+    """In a forked child: a new watchdog (the parent's thread did not come along, and may
+    have held its lock), and a new generation."""
+    global _forks, _watchdog
     _forks += 1
+    _watchdog = _Watchdog()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_count_fork)
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _forked_stream_error() -> StreamError:
@@ -871,18 +1175,31 @@ def _forked_stream_error() -> StreamError:
                        "child process; open a new one there (the parent's is left untouched)")
 
 
+def _backoff(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter: a random wait up to base * 2**attempt."""
+    return random.uniform(0, min(cap, base * 2 ** min(attempt, 32)))
+
+# -- Transport -------------------------------------------------------------------------
+
 #: The attempt the current thread is making, for the connections below to report to.
 _current = threading.local()
 
 
+def _report_socket(sock: socket.socket, *, reused: bool) -> None:
+    attempt = getattr(_current, "attempt", None)
+    if attempt is not None:
+        attempt.sock = sock
+        attempt.reused = reused
+
+
 class _ReportingConnectionMixin:
     """Tells the current attempt which socket carries it: as soon as a new one is
-    connected (before any proxy tunnel, which could drip too), and each time a
-    pooled one is reused (then also that it is reused). A TLS handshake detaches the
-    reported socket; CPython bounds the whole handshake by the socket's timeout."""
+    connected (before any proxy tunnel, which could drip too), and each time a pooled
+    one is reused (then also that it is reused)."""
 
     _rakerone_used_sock: Optional[socket.socket] = None
 
+    # urllib3's only point where a new socket exists before any tunnel or TLS: no public hook has it.
     def _new_conn(self) -> socket.socket:
         sock: socket.socket = super()._new_conn()  # type: ignore[misc]
         _report_socket(sock, reused=False)
@@ -898,11 +1215,16 @@ class _ReportingConnectionMixin:
             self._rakerone_used_sock = self.sock  # type: ignore[attr-defined]
 
 
-def _report_socket(sock: socket.socket, *, reused: bool) -> None:
-    attempt = getattr(_current, "attempt", None)
-    if attempt is not None:
-        attempt.sock = sock
-        attempt.reused = reused
+class _WatchedPoolMixin:
+    """Unwatches the attempt before its connection goes back to the pool, so its deadline
+    can never cut the next request that takes the connection."""
+
+    # urllib3 has no public hook for "this connection is released": only _put_conn sees it.
+    def _put_conn(self, conn: Any) -> None:
+        attempt = getattr(_current, "attempt", None)
+        if attempt is not None:
+            _watchdog.unwatch(attempt)
+        super()._put_conn(conn)  # type: ignore[misc]
 
 
 class _ReportingHTTPConnection(_ReportingConnectionMixin, urllib3.connection.HTTPConnection):
@@ -915,40 +1237,49 @@ class _ReportingHTTPSConnection(_ReportingConnectionMixin, urllib3.connection.HT
 
 # urllib3 declares ConnectionCls as its connection protocol, which pyright compares
 # member by member with our subclasses; they are urllib3's own classes, extended.
-class _ReportingHTTPConnectionPool(urllib3.HTTPConnectionPool):
+class _WatchedHTTPConnectionPool(_WatchedPoolMixin, urllib3.HTTPConnectionPool):
     ConnectionCls = _ReportingHTTPConnection  # pyright: ignore[reportAssignmentType]
 
 
-class _ReportingHTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+class _WatchedHTTPSConnectionPool(_WatchedPoolMixin, urllib3.HTTPSConnectionPool):
     ConnectionCls = _ReportingHTTPSConnection  # pyright: ignore[reportAssignmentType]
 
 
-_REPORTING_POOLS = {"http": _ReportingHTTPConnectionPool, "https": _ReportingHTTPSConnectionPool}
+_WATCHED_POOLS = {"http": _WatchedHTTPConnectionPool, "https": _WatchedHTTPSConnectionPool}
 
 
 class _TransportAdapter(requests.adapters.HTTPAdapter):
-    """requests' adapter for the client's own session: a pool big enough for 16
-    threads, and connections that report to the watchdog, so a deadline also holds
-    while connecting and waiting for headers. (A session you pass keeps its adapters;
-    there the deadline holds from the response headers on.)"""
+    """requests' adapter for the client's own session: a pool big enough for 16 threads,
+    with connections the watchdog can cut from their first byte. (A session you pass
+    keeps its adapters; there the deadline holds from the response headers on.)"""
 
     def __init__(self) -> None:
         super().__init__(pool_maxsize=POOL_SIZE)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _REPORTING_POOLS
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if not proxy.lower().startswith("socks"):
-            manager.pool_classes_by_scheme = _REPORTING_POOLS
+            manager.pool_classes_by_scheme = _WATCHED_POOLS
         return manager
 
 
-#: requests' cookie extraction, as Session.send does it (typed here: some releases
-#: of requests leave it unannotated).
-_extract_cookies: Callable[..., None] = requests.cookies.extract_cookies_to_jar
+class _BearerAuth(requests.auth.AuthBase):
+    """Adds the API key per request, so a session passed in is never altered, and
+    requests drops it on a redirect to another host."""
+
+    def __init__(self, api_key: str) -> None:
+        self._header = f"Bearer {api_key}"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = self._header
+        return request
+
+    def __repr__(self) -> str:
+        return "<_BearerAuth ***>"
 
 
 class _Redirected(Exception):
@@ -964,26 +1295,12 @@ def _stop_at_redirect(response: requests.Response, **_: Any) -> None:
         raise _Redirected(response)
 
 
-class _AttemptFailed(Exception):
-    """Internal: one attempt failed with ``error``; may another one be made?"""
+class _Failed(Exception):
+    """Internal: a call or stream opening failed with ``error``; ``kind`` is the classifier's verdict."""
 
-    def __init__(self, error: RakerOneError, cause: Optional[BaseException] = None, *,
-                 retryable: bool = True, server_may_have_acted: bool = True) -> None:
+    def __init__(self, error: RakerOneError, kind: str, cause: Optional[BaseException] = None) -> None:
         super().__init__(str(error))
-        self.error = error
-        self.cause = cause
-        self.retryable = retryable
-        self.server_may_have_acted = server_may_have_acted
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception of a requests/urllib3 failure (they nest in args and .reason)."""
-    while True:
-        inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
-        inner = getattr(exc, "reason", None) if inner is None else inner
-        if not isinstance(inner, BaseException) or inner is exc:
-            return exc
-        exc = inner
+        self.error, self.kind, self.cause = error, kind, cause
 
 
 def _as_http(url: str) -> str:
@@ -991,751 +1308,29 @@ def _as_http(url: str) -> str:
     return "http" + url[2:] if url[:3].lower() in ("ws:", "wss") else url
 
 
-_PATH_TEXT = re.compile(r"[A-Za-z0-9\-._~/!$&'()*+,;=:@%]*")
-
-
-def _fill_path(template: Any, ids: tuple[Any, ...]) -> str:
-    """An API path from a template: each ``{}`` is one id, encoded as one segment."""
-    if not isinstance(template, str) or not template.startswith("/") or template.startswith("//"):
-        raise ConfigurationError(
-            f"path must be relative to the base URL, such as '/projects/{{}}/briefs'; got {template!r}")
-    literals = template.split("{}")
-    if len(literals) - 1 != len(ids):
-        raise ConfigurationError(
-            f"path {template!r} has {len(literals) - 1} '{{}}' placeholder(s) but {len(ids)} id(s) were given")
-    for literal in literals:
-        if not _PATH_TEXT.fullmatch(literal):
-            raise ConfigurationError(
-                f"path {template!r} may hold only URL path characters and '{{}}' placeholders; "
-                "pass the query as params= and ids as arguments")
-    segments = [_path_segment(f"id {number}", value) for number, value in enumerate(ids, 1)]
-    path = literals[0] + "".join(segment + literal for segment, literal in zip(segments, literals[1:]))
-    if any(unquote(segment) in (".", "..") for segment in path.split("/")):
-        raise ConfigurationError(f"path {template!r} must not hold '.' or '..' segments")
-    return path
-
-
-def _check_method(method: Any) -> str:
-    if not isinstance(method, str) or not re.fullmatch(r"[A-Za-z]+", method):
-        raise ConfigurationError(f"method must be an HTTP method such as 'GET' or 'POST', not {method!r}")
-    return method.upper()
-
-
-class Client:
-    """A blocking RakerOne API client.
-
-    Parameters:
-        api_key: an organization API key or WorkOS session JWT; default ``$RAKERONE_API_KEY``.
-        base_url: the API root; default ``$RAKERONE_BASE_URL``, else production.
-        timeout: seconds each HTTP attempt may take end to end (connect, headers and
-            the whole body), or a ``(connect, read)`` pair whose sum bounds it.
-        max_retries: extra attempts on connection errors, timeouts, 408, 429 and 5xx.
-        verify: TLS verification, or a CA bundle path; default: the session's (True).
-        session: a ``requests.Session`` to send through (its hooks, cookies, adapters,
-            proxies and TLS settings apply; ``close()`` leaves it open).
-        user_agent: a product token put in front of ours.
-        allow_insecure_http: allow the key over plain http beyond this machine.
-        max_response_bytes: the largest response body read; a larger one is refused.
-
-    One client may be shared by threads, and survives ``fork()``: a child process
-    opens its own connections. Raises ConfigurationError for a missing key or an
-    unusable setting.
-    """
-
-    def __init__(
-        self,
-        api_key: Optional[str] = None,
-        *,
-        base_url: Optional[str] = None,
-        timeout: Timeout = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        verify: Union[bool, str, None] = None,
-        session: Optional[requests.Session] = None,
-        user_agent: Optional[str] = None,
-        allow_insecure_http: bool = False,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-    ) -> None:
-        api_key = _check_api_key(api_key if api_key is not None else os.environ.get(API_KEY_ENV))
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ConfigurationError(f"max_retries must be a whole number >= 0, not {max_retries!r}")
-        if not (verify is None or isinstance(verify, bool)
-                or (isinstance(verify, str) and os.path.exists(verify))):
-            raise ConfigurationError(f"verify must be True, False or an existing CA bundle path, not {verify!r}")
-        if (isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int)
-                or max_response_bytes < 1):
-            raise ConfigurationError(f"max_response_bytes must be a positive whole number, not {max_response_bytes!r}")
-        if session is not None and not isinstance(session, requests.Session):
-            raise ConfigurationError(f"session must be a requests.Session, not {type(session).__name__}")
-
-        #: The API root, without a trailing slash.
-        self.base_url = _check_base_url(
-            base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
-            allow_insecure_http,
-        )
-        self.timeout = _check_timeout(timeout)
-        self.max_retries = max_retries
-        self.verify = verify
-        self.max_response_bytes = max_response_bytes
-        self.allow_insecure_http = bool(allow_insecure_http)
-        self.user_agent = " ".join(
-            filter(None, [_check_user_agent(user_agent), f"rakerone-python/{__version__}",
-                          f"python/{platform.python_version()}", f"requests/{getattr(requests, '__version__', 'unknown')}"])
-        )
-        self._api_key = api_key
-        self._auth = _BearerAuth(api_key)
-        #: The key and the tickets minted lately: redacted from every text we quote.
-        self._secrets: collections.deque[str] = collections.deque([api_key], maxlen=TICKETS_REMEMBERED + 1)
-        self._headers = {"Accept": "application/json", "Accept-Encoding": "identity",
-                         "User-Agent": self.user_agent}
-        self._owns_session = session is None
-        if session is None:
-            session = requests.Session()
-            session.mount("https://", _TransportAdapter())
-            session.mount("http://", _TransportAdapter())
-        self._session = session
-        self._attempt_seconds = sum(self.timeout) if isinstance(self.timeout, tuple) else self.timeout
-        self._pid = os.getpid()
-        self._watchdog = _Watchdog()
-        self._routes: dict[tuple[Any, ...], dict[str, Any]] = {}
-        self._templates: dict[str, requests.PreparedRequest] = {}
-        self._route(self.base_url)  # refuse a cleartext route through a remote proxy now
-        # A seam for tests: retries and reconnects wait through this.
-        self._sleep: Callable[[float], None] = time.sleep
-
-    def __repr__(self) -> str:
-        return f"<rakerone.Client base_url={getattr(self, 'base_url', None)!r}>"
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop the client's watchdog thread and close its HTTP session (not one you passed)."""
-        self._watchdog.stop()
-        if self._owns_session:
-            self._session.close()
-
-    # .. Endpoints .....................................................................
-
-    def get_run(self, project_id: Id, run_id: Id) -> PlaybookRun:
-        """Fetch one playbook run.
-
-        Raises NotFoundError for an unknown project or run, AuthenticationError for a
-        refused key, APIConnectionError when the API cannot be reached.
-        """
-        return self._get_run(self._run_path(project_id, run_id))
-
-    def mint_run_ticket(self, project_id: Id, run_id: Id) -> WsTicket:
-        """Mint a short-lived ticket for the run's WebSocket (see ``iter_run_events``)."""
-        return self._mint_ticket(self._run_path(project_id, run_id) + "/ws-ticket")
-
-    def mint_brief_ticket(self, project_id: Id, brief_id: Id) -> WsTicket:
-        """Mint a short-lived ticket for the brief's shaping-log WebSocket."""
-        return self._mint_ticket(self._brief_path(project_id, brief_id) + "/ws-ticket")
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        *ids: Id,
-        params: Optional[Mapping[str, Any]] = None,
-        json: Any = None,
-    ) -> Any:
-        """Call any API endpoint through this client's auth, retries and errors.
-
-        ``path`` is relative to the base URL; each ``{}`` in it is filled with one of
-        ``ids``, encoded as a single path segment. Returns the decoded JSON (None for an
-        empty answer). POST and PATCH are resent only when the server cannot have
-        acted on them (no connection, or 429/503).
-        """
-        method = _check_method(method)
-        return self._request(method, _fill_path(path, ids), params=params, body=json)
-
-    def wait_for_run(
-        self,
-        project_id: Id,
-        run_id: Id,
-        *,
-        timeout: Optional[float] = None,
-        on_update: Optional[Callable[[PlaybookRun], None]] = None,
-    ) -> PlaybookRun:
-        """Block until the run finishes, and return it (succeeded or not).
-
-        Follows the run's events and confirms with ``get_run``; polls when the
-        stream cannot be had. Network errors, timeouts, 5xx, 429 and lost streams
-        are waited out with capped backoff; only answers that waiting cannot change
-        (401, 403, 404, a bad setting) raise at once. After ``timeout`` seconds,
-        raises WaitTimeoutError with the last run seen: no request, sleep or read
-        runs past that deadline. ``on_update`` is called with each state seen.
-        """
-        _path_segment("project_id", project_id)
-        _path_segment("run_id", run_id)
-        if timeout is not None:
-            _positive_number("timeout", timeout)
-        if on_update is not None and not callable(on_update):
-            raise ConfigurationError("on_update must be a function taking a PlaybookRun")
-        return _RunWait(self, project_id, run_id, timeout, on_update).wait()
-
-    def _get_run(self, path: str, deadline: Optional[float] = None) -> PlaybookRun:
-        payload = self._request("GET", path, deadline=deadline)
-        run = payload.get("run") if isinstance(payload, dict) else None
-        parsed: PlaybookRun = self._parse(PlaybookRun.from_dict, run, f"GET {path}", payload)
-        return parsed
-
-    def _mint_ticket(self, path: str, deadline: Optional[float] = None) -> WsTicket:
-        # Minting is documented as safe to repeat: a lost answer only wastes a ticket.
-        ticket: WsTicket = self._parse(WsTicket.from_dict, self._request(
-            "POST", path, deadline=deadline, resend_unsafe=True), f"POST {path}")
-        self._secrets.append(ticket.ticket)
-        return ticket
-
-    # .. Requests ......................................................................
-
-    @staticmethod
-    def _run_path(project_id: Any, run_id: Any) -> str:
-        return (f"/projects/{_path_segment('project_id', project_id)}"
-                f"/playbook-runs/{_path_segment('run_id', run_id)}")
-
-    @staticmethod
-    def _brief_path(project_id: Any, brief_id: Any) -> str:
-        return (f"/projects/{_path_segment('project_id', project_id)}"
-                f"/briefs/{_path_segment('brief_id', brief_id)}")
-
-    @staticmethod
-    def _parse(from_dict: Callable[[Any], Any], data: Any, what: str, payload: Any = None) -> Any:
-        try:
-            return from_dict(data)
-        except _WrongShape as exc:
-            raise UnexpectedResponseError(
-                f"{what} answered with an unexpected body: {exc}", status_code=200,
-                body=payload if payload is not None else data,
-            ) from None
-
-    def _redact(self, text: str) -> str:
-        return _redact(text, *self._secrets)
-
-    def _request(self, method: str, path: str, *, params: Optional[Mapping[str, Any]] = None,
-                 body: Any = None, deadline: Optional[float] = None,
-                 resend_unsafe: bool = False) -> Any:
-        """Send one API request with retries; return its decoded JSON body.
-
-        ``deadline`` (a time.monotonic() instant) cuts attempts and retries short.
-        """
-        if self._pid != os.getpid():
-            self._forget_parent_connections()
-        what = f"{method} {path}"
-        may_resend = resend_unsafe or method in IDEMPOTENT_METHODS
-        for attempt in range(self.max_retries + 1):
-            try:
-                return self._attempt(method, path, what, params, body, deadline, may_resend)
-            except _AttemptFailed as failed:
-                failure = failed
-            delay = self._retry_delay(attempt, failure, may_resend, deadline)
-            if delay is None:
-                error = failure.error
-                if attempt and isinstance(error, APIConnectionError):
-                    error.args = (f"{error} (after {attempt + 1} attempts)",)
-                raise error from failure.cause
-            # The message, not the error: a handler keeping records would keep the error's
-            # response alive, and with it (urllib3 2) its pool and the pool's sockets.
-            logger.info("%s: %s; retry %d of %d in %.2f s", what, str(failure.error), attempt + 1,
-                        self.max_retries, delay)
-            self._sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _retry_delay(self, attempt: int, failure: _AttemptFailed, may_resend: bool,
-                     deadline: Optional[float]) -> Optional[float]:
-        """How long to wait before the next attempt, or None to give up now."""
-        if attempt >= self.max_retries or not failure.retryable:
-            return None
-        if failure.server_may_have_acted and not may_resend:
-            return None
-        retry_after = getattr(failure.error, "retry_after", None)
-        if retry_after is None:
-            delay = _backoff(attempt, RETRY_BACKOFF_BASE, RETRY_BACKOFF_CAP)
-        elif retry_after <= RETRY_AFTER_CAP:
-            delay = retry_after
-        else:
-            return None
-        if deadline is not None and time.monotonic() + delay >= deadline:
-            return None
-        return delay
-
-    def _attempt(self, method: str, path: str, what: str, params: Optional[Mapping[str, Any]],
-                 body: Any, deadline: Optional[float], may_resend: bool) -> Any:
-        """One exchange, bounded end to end by the watchdog; its decoded JSON body.
-
-        Prepared and sent as requests does (see _prepare and _send), with redirects
-        off, no compression, and the body read within the size limit.
-        Every failure leaves as _AttemptFailed, built outside the except blocks so
-        that no exception context can carry a secret along.
-        """
-        started = time.monotonic()
-        attempt = _Attempt(started + self._attempt_seconds if deadline is None
-                           else min(started + self._attempt_seconds, deadline))
-        remaining = attempt.deadline - started
-        if remaining <= 0:
-            raise _AttemptFailed(APITimeoutError(f"{what}: no time left before the deadline"),
-                                 retryable=False, server_may_have_acted=False)
-        prepared = self._prepare(method, path, params, body)
-        route = self._route(self.base_url)
-        timeout: Timeout = ((min(self.timeout[0], remaining), min(self.timeout[1], remaining))
-                            if isinstance(self.timeout, tuple) else min(self.timeout, remaining))
-        failure: Optional[_AttemptFailed] = None
-        response: Optional[requests.Response] = None
-        content = b""
-        self._watchdog.watch(attempt)
-        _current.attempt = attempt
-        try:
-            try:
-                response = self._send_unless_stale(prepared, timeout, route, attempt, may_resend, what)
-            except _Redirected as redirected:
-                response = redirected.response
-            except requests.HTTPError as raised:  # a session hook's raise_for_status()
-                if raised.response is None:
-                    raise
-                response = raised.response  # judged below like any other answer
-            assert response is not None  # sent, or the answer of a redirect or a raising hook
-            answer = response
-            if attempt.sock is None:  # a session's own adapter: find the socket through the answer
-                attempt.sock = getattr(getattr(answer.raw, "connection", None), "sock", None)
-                attempt.connection = answer.raw  # urllib3 2.3+ can shut it down even then
-            content = self._read_body(answer, what)
-        except requests.RequestException as exc:
-            failure = self._network_failure(exc, what, attempt)
-        except _AttemptFailed as failed:
-            failure = failed
-        finally:
-            _current.attempt = None
-            self._watchdog.unwatch(attempt)
-            if response is not None:
-                response.close()
-        if attempt.expired:  # the cut can read as the end of a body: whatever came, it is late
-            failure = self._timed_out(what, failure.cause if failure is not None else None)
-        if failure is not None:
-            raise failure
-        assert response is not None
-        logger.debug("%s -> %s in %.0f ms", what, response.status_code, (time.monotonic() - started) * 1000)
-        if response.status_code >= 300:
-            raise self._status_failure(response, content, what)
-        return self._decode(response, content, what)
-
-    def _send_unless_stale(self, prepared: requests.PreparedRequest, timeout: Timeout, route: dict[str, Any],
-                           attempt: _Attempt, may_resend: bool, what: str) -> requests.Response:
-        """Send; once more at once, on another connection, if a request that is safe to
-        repeat met a pooled connection the server had just closed (it went idle and
-        the server timed it out as we sent): no answer came, and the attempt is not
-        the caller's fault. Counted as no retry, it still keeps the attempt's deadline."""
-        try:
-            return self._send(prepared, timeout, route)
-        except requests.ConnectionError as exc:
-            root = _root_cause(exc)  # urllib3's ProtocolError("Connection aborted.", cause)
-            closed = any(isinstance(part, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError))
-                         for part in (root, *root.args))
-            if not (closed and attempt.reused and may_resend and not attempt.expired):
-                raise
-        logger.debug("%s: the server had closed the pooled connection; resending on a new one", what)
-        return self._send(prepared, timeout, route)
-
-    def _prepare(self, method: str, path: str, params: Optional[Mapping[str, Any]],
-                 body: Any) -> requests.PreparedRequest:
-        """The request as requests prepares it: through your session's
-        ``prepare_request`` (its headers, cookies, auth, params and hooks), or, for
-        the client's own session, which nothing else can change, from a template it
-        prepared once, with the cookies the API has set since."""
-        url = self.base_url + path
-        if not self._owns_session:
-            prepared = self._session.prepare_request(requests.Request(
-                method, url, headers=self._headers, auth=self._auth, params=params, json=body))
-            prepared.hooks["response"].append(_stop_at_redirect)  # after the session's own hooks
-            return prepared
-        template = self._templates.get(method)
-        if template is None:
-            template = self._templates[method] = self._session.prepare_request(
-                requests.Request(method, self.base_url, headers=self._headers, auth=self._auth))
-            template.headers.pop("Cookie", None)  # the jar's cookies of each call are added below
-        prepared = template.copy()
-        prepared.prepare_url(url, params)
-        if body is not None:
-            prepared.prepare_body(None, None, body)
-        if self._session.cookies:
-            prepared.prepare_cookies(self._session.cookies)
-        return prepared
-
-    def _send(self, prepared: requests.PreparedRequest, timeout: Timeout,
-              route: dict[str, Any]) -> requests.Response:
-        """Your session's own ``send()`` (hooks, cookies, adapters, redirects off); the
-        client's own session goes straight to its adapter and keeps the cookies the
-        API sets: the same exchange, without ~40% of a requests call."""
-        if not self._owns_session:
-            return self._session.send(prepared, allow_redirects=False, stream=True, timeout=timeout, **route)
-        response = self._session.get_adapter(prepared.url or self.base_url).send(
-            prepared, stream=True, timeout=timeout, **route)
-        _extract_cookies(self._session.cookies, prepared, response.raw)
-        return response
-
-    def _route(self, url: str) -> dict[str, Any]:
-        """Proxies, TLS trust and client certificate for a URL, as requests itself
-        merges the session's settings and the environment (an explicit ``verify=``
-        wins). The HTTP calls and the streams both take their route from here; a
-        cleartext one through a proxy beyond this machine is refused.
-
-        The environment is read once per origin and session state, not per call:
-        scanning it is a third of a plain requests call (see README, Performance).
-        """
-        session = self._session
-        origin = "/".join(_as_http(url).split("/", 3)[:3])
-        key = (origin, session.trust_env, tuple(sorted(session.proxies.items())),
-               session.verify, session.cert, self.verify)
-        route = self._routes.get(key)
-        if route is None:
-            merged = session.merge_environment_settings(origin, {}, None, self.verify, None)
-            route = {"proxies": merged["proxies"], "verify": merged["verify"], "cert": merged["cert"]}
-            self._check_cleartext_route(origin, route["proxies"])
-            self._check_tls_files(route)
-            if len(self._routes) >= 64:
-                self._routes.clear()
-            self._routes[key] = route
-        return route
-
-    @staticmethod
-    def _check_tls_files(route: Mapping[str, Any]) -> None:
-        """A CA bundle or client certificate that does not exist is a ConfigurationError
-        here, not an OSError from deep inside requests."""
-        verify, cert = route["verify"], route["cert"]
-        files = [("CA bundle (verify, or REQUESTS_CA_BUNDLE)", verify if isinstance(verify, str) else None)]
-        if isinstance(cert, str):
-            files.append(("client certificate (cert)", cert))
-        elif isinstance(cert, (tuple, list)) and len(cert) == 2:
-            files += [("client certificate (cert)", cert[0]), ("client key (cert)", cert[1])]
-        for what, name in files:
-            if name and not os.path.exists(name):
-                raise ConfigurationError(f"the {what} {name!r} does not exist")
-
-    def _check_cleartext_route(self, origin: str, proxies: Mapping[str, str]) -> None:
-        if not origin.startswith("http:") or self.allow_insecure_http:
-            return
-        proxy = requests.utils.select_proxy(origin, dict(proxies))
-        proxy_host = proxy and urlsplit(proxy if "://" in proxy else "http://" + proxy).hostname
-        if proxy and not _is_loopback(proxy_host):
-            raise ConfigurationError(
-                f"refusing to send credentials in clear to {urlsplit(origin).hostname} through the "
-                f"proxy at {proxy_host}: use an https base URL, exempt the host with no_proxy, "
-                "or pass allow_insecure_http=True if you really mean it")
-
-    def _read_body(self, response: requests.Response, what: str) -> bytes:
-        """The whole body, refused unread when compressed or over the size limit (an
-        error page is only read as far as its message needs, and not at all when compressed)."""
-        error_page = response.status_code >= 300
-        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
-            if error_page:
-                response._content = b""  # left unread: the status says what went wrong (a proxy's gzip 503)
-                return b""
-            raise _AttemptFailed(UnexpectedResponseError(
-                f"{what} answered HTTP {response.status_code} with a {encoding!r}-compressed body "
-                "although the client asked for none; refusing to decompress it",
-                status_code=response.status_code, response=response), retryable=False)
-        limit = min(self.max_response_bytes, ERROR_PAGE_BYTES) if error_page else self.max_response_bytes
-        length = response.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > limit and not error_page:
-            raise self._too_large(response, what, f"announced {int(length):,} bytes")
-        chunks, size = [], 0
-        for chunk in response.iter_content(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                if error_page:
-                    break  # an excerpt is all an error message needs
-                raise self._too_large(response, what, f"sent more than {limit:,} bytes")
-            chunks.append(chunk)
-        content = b"".join(chunks)
-        if length.isdigit() and len(content) < int(length) and not error_page:
-            raise _AttemptFailed(APIConnectionError(
-                f"{what}: the connection closed after {len(content):,} of {int(length):,} bytes"))
-        response._content = content  # so response.content stays readable on errors
-        return content
-
-    def _too_large(self, response: requests.Response, what: str, how: str) -> _AttemptFailed:
-        return _AttemptFailed(ResponseTooLargeError(
-            f"{what}: the response {how}, over the client's max_response_bytes of "
-            f"{self.max_response_bytes:,}; refused unread", status_code=response.status_code,
-            response=response), retryable=False)
-
-    def _network_failure(self, exc: requests.RequestException, what: str, attempt: _Attempt) -> _AttemptFailed:
-        """The one place a requests/urllib3 failure becomes our error."""
-        reason = _describe_network_error(exc)
-        root = _root_cause(exc)
-        if attempt.expired:
-            return self._timed_out(what, exc)
-        if isinstance(exc, requests.exceptions.ProxyError) and re.search(r"\b407\b", reason):
-            return _AttemptFailed(ProxyAuthenticationError(
-                f"{what}: the proxy refused to carry the request ({reason}); check the "
-                "proxy's credentials (in https_proxy, or the session's proxies)"), exc, retryable=False)
-        if isinstance(exc, requests.exceptions.SSLError):
-            return _AttemptFailed(APIConnectionError(
-                f"{what}: TLS failed ({reason}); check verify= and the base URL"), exc, retryable=False)
-        if isinstance(root, urllib3.exceptions.NewConnectionError):  # refused, DNS: nothing was sent
-            return _AttemptFailed(APIConnectionError(f"{what}: could not reach {self.base_url} ({reason})"),
-                                  exc, server_may_have_acted=False)
-        if isinstance(exc, requests.exceptions.ConnectTimeout):
-            return _AttemptFailed(APITimeoutError(f"{what}: no connection within {self._attempt_seconds:g} s"),
-                                  exc, server_may_have_acted=False)
-        if isinstance(exc, requests.exceptions.Timeout) or isinstance(root, (socket.timeout, urllib3.exceptions.ReadTimeoutError)):
-            return _AttemptFailed(APITimeoutError(f"{what} timed out after {self._attempt_seconds:g} s"), exc)
-        return _AttemptFailed(APIConnectionError(f"{what}: the connection failed ({reason})"), exc)
-
-    def _timed_out(self, what: str, cause: Optional[BaseException]) -> _AttemptFailed:
-        return _AttemptFailed(APITimeoutError(
-            f"{what} timed out after {self._attempt_seconds:g} s (the limit for connecting, "
-            "sending and reading the whole answer)"), cause)
-
-    def _status_failure(self, response: requests.Response, content: bytes, what: str) -> _AttemptFailed:
-        status = response.status_code
-        if status == 407:
-            return _AttemptFailed(ProxyAuthenticationError(
-                f"{what}: the proxy refused to carry the request (HTTP 407); check the proxy's "
-                "credentials (in http_proxy, or the session's proxies)"), retryable=False)
-        error = _api_error(status, response.headers, content, what, response, tuple(self._secrets))
-        return _AttemptFailed(error, retryable=status in RETRYABLE_STATUSES,
-                              server_may_have_acted=status not in NOT_ACTED_STATUSES)
-
-    def _decode(self, response: requests.Response, content: bytes, what: str) -> Any:
-        if not content.strip():
-            return None
-        try:
-            return json.loads(content)
-        except (ValueError, RecursionError) as exc:
-            problem = ("nested too deeply" if isinstance(exc, RecursionError)
-                       else f"not JSON ({response.headers.get('Content-Type', 'unknown type')})")
-            error = UnexpectedResponseError(
-                f"{what} answered HTTP {response.status_code} with a body that is {problem}: "
-                f"{_excerpt(content, 200, tuple(self._secrets))!r}",
-                status_code=response.status_code, response=response)
-        raise _AttemptFailed(error)
-
-    def _forget_parent_connections(self) -> None:
-        """In a forked child: drop the pooled connections inherited from the parent
-        (closing our copies only; the parent's sockets are not shut down) and its
-        watchdog, so the child never reads an answer meant for its parent."""
-        for adapter in self._session.adapters.values():
-            managers = [getattr(adapter, "poolmanager", None), *getattr(adapter, "proxy_manager", {}).values()]
-            for manager in managers:
-                if manager is not None:
-                    manager.clear()
-        self._watchdog = _Watchdog()
-        self._pid = os.getpid()
-
-    # .. Streams .......................................................................
-
-    def iter_run_events(
-        self,
-        project_id: Id,
-        run_id: Id,
-        *,
-        max_outage: float = DEFAULT_MAX_OUTAGE,
-        ping_interval: float = 20.0,
-        ping_timeout: float = 10.0,
-        idle_timeout: Optional[float] = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        reconnect: Any = _NOT_GIVEN,
-        max_reconnects: Any = _NOT_GIVEN,
-    ) -> Generator[Event, None, None]:
-        """Yield the run's live events, each exactly once, until the server ends the stream.
-
-        Every connection mints a fresh ticket; an event whose id was already yielded is
-        skipped. Drops and server restarts reconnect, however many attempts it takes,
-        until ``max_outage`` seconds pass without a working connection (0: never
-        reconnect). A silent peer is pinged after ``ping_interval`` seconds and dropped
-        after ``ping_timeout`` more. Raises StreamDisconnectedError when the outage
-        budget runs out, MessageTooLargeError for a message over ``max_message_bytes``,
-        StreamError for a frame that is not JSON, StreamTimeoutError after
-        ``idle_timeout`` seconds without an event, and AuthenticationError /
-        PermissionDeniedError / NotFoundError when refused. ``reconnect`` and
-        ``max_reconnects`` are deprecated (``reconnect=False`` is ``max_outage=0``).
-        """
-        path = self._run_path(project_id, run_id)
-        settings = _StreamSettings.checked(
-            max_outage=max_outage, max_message_bytes=max_message_bytes, ping_interval=ping_interval,
-            ping_timeout=ping_timeout, idle_timeout=idle_timeout, reconnect=reconnect,
-            max_reconnects=max_reconnects)
-        return self._iter_events(path, lambda: self.mint_run_ticket(project_id, run_id), settings)
-
-    def iter_brief_events(
-        self,
-        project_id: Id,
-        brief_id: Id,
-        *,
-        max_outage: float = DEFAULT_MAX_OUTAGE,
-        ping_interval: float = 20.0,
-        ping_timeout: float = 10.0,
-        idle_timeout: Optional[float] = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        reconnect: Any = _NOT_GIVEN,
-        max_reconnects: Any = _NOT_GIVEN,
-    ) -> Generator[Event, None, None]:
-        """Yield the brief's shaping-log entries live; behaves as ``iter_run_events``."""
-        path = self._brief_path(project_id, brief_id)
-        settings = _StreamSettings.checked(
-            max_outage=max_outage, max_message_bytes=max_message_bytes, ping_interval=ping_interval,
-            ping_timeout=ping_timeout, idle_timeout=idle_timeout, reconnect=reconnect,
-            max_reconnects=max_reconnects)
-        return self._iter_events(path, lambda: self.mint_brief_ticket(project_id, brief_id), settings)
-
-    def _iter_events(self, path: str, mint_ticket: Callable[[], WsTicket], settings: _StreamSettings,
-                     ) -> Generator[Event, None, None]:
-        seen = _RecentIds(DEDUPE_WINDOW)
-        reconnects = _Reconnects(path, settings)
-        minted: list[WsTicket] = []  # the ticket of the current attempt, once minted
-
-        def mint() -> WsTicket:
-            minted.append(mint_ticket())
-            return minted[-1]
-
-        born = _forks
-        while True:
-            if _forks != born:
-                raise _forked_stream_error()
-            minted.clear()
-            try:
-                ws = self._open_socket(path, mint, settings.deadline)
-            except _ConnectionLost as lost:
-                self._wait_to_reconnect(path, reconnects, lost)
-                continue
-            except AuthenticationError as refused:
-                if not minted:
-                    raise  # minting was refused: the key's problem, and its message
-                reconnects.after_refused_ticket(_TicketRefused(f"HTTP {refused.status_code} at the upgrade"))
-                continue
-            reconnects.opened()
-            reader = _ConnectionReader(ws, settings, self._secrets)
-            try:
-                yield from reader.events(seen)
-                return
-            except (_ConnectionLost, _TicketRefused) as exc:
-                ended: Union[_ConnectionLost, _TicketRefused] = exc
-            finally:
-                _close_socket(ws, polite=_forks == reader.born, deadline=settings.deadline)
-            reconnects.closed(reader.new_events)
-            if isinstance(ended, _TicketRefused):
-                reconnects.after_refused_ticket(ended)
-            else:
-                self._wait_to_reconnect(path, reconnects, ended)
-
-    def _wait_to_reconnect(self, path: str, reconnects: _Reconnects, lost: _ConnectionLost) -> None:
-        """Sleep before the next connection, or raise StreamDisconnectedError when out of budget."""
-        delay = reconnects.delay_after(lost)
-        deadline = reconnects.settings.deadline
-        if deadline is not None and time.monotonic() + delay >= deadline:
-            raise StreamTimeoutError(f"stream {path}: the deadline passed while reconnecting ({lost})")
-        logger.info("stream %s: %s; reconnecting in %.2f s", path, str(lost), delay)
-        self._sleep(delay)
-
-    def _open_socket(self, path: str, mint_ticket: Callable[[], WsTicket],
-                     deadline: Optional[float] = None) -> Any:
-        """Mint a ticket and open the WebSocket, all within the client's timeout (and
-        ``deadline``); retryable failures raise _ConnectionLost."""
-
-        if self._pid != os.getpid():
-            self._forget_parent_connections()
-        try:
-            ticket = mint_ticket()
-        except (APIConnectionError, ServerError, RateLimitError) as exc:
-            if isinstance(exc.__cause__, requests.exceptions.SSLError):
-                raise  # a certificate problem: another attempt would fail the same way
-            raise _ConnectionLost(f"could not mint a ticket: {exc}", exc, exc.retry_after
-                                  if isinstance(exc, APIError) else None) from None
-        url = self._socket_url(path, ticket)
-        route = self._route(url)
-        logger.debug("stream %s: connecting to %s", path, self._redact(url))
-        started = time.monotonic()
-        attempt = _Attempt(started + self._attempt_seconds if deadline is None
-                           else min(started + self._attempt_seconds, deadline))
-        try:  # for wss only: loading a CA bundle takes ~20 ms
-            context = _socket_ssl_context(route) if url.startswith("wss:") else None
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            raise StreamError(f"stream {path}: cannot use the CA bundle or client certificate "
-                              f"({self._redact(str(exc))}); check verify= and cert") from None
-        timeout = max(attempt.deadline - started, 0.001)
-        ws = _read_ahead_websocket_class()(sslopt={"context": context}, skip_utf8_validation=True,
-                                           enable_multithread=False)
-        ws.settimeout(timeout)
-        attempt.connection = ws
-        self._watchdog.watch(attempt)
-        _current.attempt = attempt  # for the tunnel's connection to report its socket
-        try:
-            proxy = _socket_proxy_options(url, route["proxies"])
-            sock = None
-            if proxy.get("proxy_type") == "http":  # our tunnel: websocket-client only upgrades it
-                sock = attempt.sock = _open_tunnel(url, proxy, context, timeout)  # shut down from now on
-                proxy = {}
-            ws.connect(url, redirect_limit=0, header={"User-Agent": self.user_agent}, socket=sock, **proxy)
-        except Exception as exc:  # noqa: BLE001 - each kind is sorted out below
-            failure: Optional[BaseException] = self._socket_failure(exc, path, url, attempt)
-        else:
-            failure = None
-        finally:
-            _current.attempt = None
-            self._watchdog.unwatch(attempt)
-        if failure is not None or attempt.expired:
-            ws.shutdown()
-            raise failure or _ConnectionLost("the WebSocket handshake took longer than the client's timeout")
-        return ws
-
-    def _socket_failure(self, exc: Exception, path: str, url: str, attempt: _Attempt) -> BaseException:
-        """The one place a failure to open a stream becomes our error (redacted, with
-        no cause attached, as websocket-client's messages may quote the ticket)."""
-        import websocket
-
-        if attempt.expired:
-            return _ConnectionLost(f"the WebSocket handshake took longer than its {self._attempt_seconds:g} s timeout")
-        if isinstance(exc, websocket.WebSocketBadStatusException):
-            body = getattr(exc, "resp_body", None) or b""
-            error = _api_error(exc.status_code, requests.structures.CaseInsensitiveDict(
-                getattr(exc, "resp_headers", None) or {}), body if isinstance(body, bytes) else body.encode(),
-                f"WebSocket upgrade {path}/ws", secrets=tuple(self._secrets))
-            if exc.status_code in RETRYABLE_STATUSES:
-                return _ConnectionLost(str(error), error, error.retry_after)
-            return error
-        reason = self._redact(_describe_network_error(exc))
-        if isinstance(exc, OSError) and reason.startswith("Tunnel connection failed: 407"):  # http.client's
-            return ProxyAuthenticationError(
-                f"stream {path}: the proxy refused to carry the stream ({reason}); check the "
-                "proxy's credentials (in https_proxy, or the session's proxies)")
-        if isinstance(exc, ssl.SSLCertVerificationError):  # retrying cannot fix a certificate
-            return StreamError(f"stream {path}: TLS failed ({exc.verify_message}); check verify=")
-        if isinstance(exc, ValueError):  # websocket-client's word for an unusable URL
-            return StreamError(f"stream {path}: cannot connect to {self._redact(url)!r} ({reason})")
-        if isinstance(exc, (OSError, websocket.WebSocketException, urllib3.exceptions.HTTPError)):
-            return _ConnectionLost(f"could not connect ({reason})")  # HTTPError: opening our tunnel
-        if isinstance(exc, RakerOneError):
-            return exc
-        return StreamError(f"stream {path}: could not connect ({reason})")  # python-socks' ProxyError
-
-    def _socket_url(self, path: str, ticket: WsTicket) -> str:
-        """The ticket's ``wsUrl``, or else ``<base>/…/ws?ticket=`` with ws(s); never a
-        cleartext URL where the base URL would not be allowed one."""
-        if ticket.ws_url is None:
-            url = f"{self.base_url}{path}/ws?ticket={quote(ticket.ticket, safe='')}"
-        else:
-            url = ticket.ws_url
-        parts = urlsplit(url)
-        scheme = _SOCKET_SCHEMES.get(parts.scheme.lower())
-        if scheme is None or not parts.hostname:
-            raise StreamError(f"the ticket's wsUrl is not a ws(s) URL: {self._redact(url)!r}")
-        if scheme == "ws" and self.base_url.startswith("https:"):
-            raise StreamError("refusing the ticket's wsUrl: it downgrades https to plain ws, "
-                              "which would send the ticket and events in clear")
-        if scheme == "ws" and not _is_loopback(parts.hostname) and not self.allow_insecure_http:
-            raise StreamError(f"refusing the ticket's plain-ws wsUrl to {parts.hostname}: the ticket would "
-                              "cross the network in clear; pass allow_insecure_http=True if you really mean it")
-        return urlunsplit((scheme,) + tuple(parts[1:]))
-
-
-def _socket_ssl_context(route: Mapping[str, Any]) -> ssl.SSLContext:
-    """The TLS context for a stream on the route requests chose: urllib3's defaults, the
-    same trust (CA bundle, or none with verify=False) and the same client certificate."""
+def _is_framed(response: requests.Response) -> bool:
+    """Whether the answer's end is marked (a length, or chunks): a cut cannot pass for it."""
+    headers = response.headers
+    return "Content-Length" in headers or "chunked" in headers.get("Transfer-Encoding", "").lower()
+
+
+def _check_tls_files(route: Mapping[str, Any]) -> None:
+    """A CA bundle or client certificate that does not exist is a ConfigurationError now,
+    not an OSError from deep inside requests."""
+    verify, cert = route["verify"], route["cert"]
+    files = [("CA bundle (verify, or REQUESTS_CA_BUNDLE)", verify if isinstance(verify, str) else None)]
+    if isinstance(cert, str):
+        files.append(("client certificate (cert)", cert))
+    elif isinstance(cert, (tuple, list)) and len(cert) == 2:
+        files += [("client certificate (cert)", cert[0]), ("client key (cert)", cert[1])]
+    for what, name in files:
+        if name and not os.path.exists(name):
+            raise ConfigurationError(f"the {what} {name!r} does not exist")
+
+
+def _stream_tls_context(route: Mapping[str, Any]) -> ssl.SSLContext:
+    """A stream's TLS context on the route requests chose: urllib3's defaults, the same
+    trust (CA bundle, or none with verify=False) and the same client certificate."""
     verify, cert = route["verify"], route["cert"]
     context = urllib3.util.ssl_.create_urllib3_context(
         cert_reqs=ssl.CERT_NONE if verify is False else ssl.CERT_REQUIRED)
@@ -1753,116 +1348,350 @@ def _socket_ssl_context(route: Mapping[str, Any]) -> ssl.SSLContext:
     return context
 
 
-def _open_tunnel(url: str, proxy: Mapping[str, Any], context: Optional[ssl.SSLContext],
-                 timeout: float) -> socket.socket:
-    """A socket to the URL's host through an HTTP proxy's CONNECT tunnel, with TLS
-    (``context``) for wss, for websocket-client to upgrade. urllib3's connection opens
-    it, so the watchdog holds the socket from its first byte (websocket-client's own
-    tunnel shows its socket only once the proxy has answered, however slowly it does)."""
-    parts = urlsplit(url)
-    headers = {}
-    if "http_proxy_auth" in proxy:
-        headers = urllib3.util.make_headers(proxy_basic_auth=":".join(proxy["http_proxy_auth"]))
-    connection = _ReportingHTTPConnection(proxy["http_proxy_host"], proxy["http_proxy_port"], timeout=timeout)
-    connection.set_tunnel(parts.hostname or "", parts.port or (80 if context is None else 443), headers)
-    try:
-        connection.connect()
-        sock: socket.socket = connection.sock
-        return context.wrap_socket(sock, server_hostname=parts.hostname) if context is not None else sock
-    except BaseException:
-        connection.close()
-        raise
+_SOCKET_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
 
 
-def _socket_proxy_options(url: str, proxies: Mapping[str, str]) -> dict[str, Any]:
-    """websocket-client proxy options for exactly the proxy requests would use for this
-    URL, or for none: websocket-client must not decide again from the environment or
-    its own defaults (a session with ``trust_env=False`` means no environment at all).
-    An ``http`` proxy's options go to _open_tunnel instead.
+class _Transport:
+    """The only code that touches requests, urllib3 and websocket-client: one session,
+    one route decision (proxies, trust, certificate) for HTTP and streams alike, calls
+    with retries and a body limit, and the sockets streams run on. Every failure leaves
+    as the classifier's verdict."""
 
-    websocket-client reads ``http_no_proxy`` only along with a proxy host, so "no
-    proxy" is a host it never contacts with every host exempt, and a chosen proxy
-    comes with an exemption list that matches no host.
-    """
-    proxy = requests.utils.select_proxy(_as_http(url), dict(proxies))
-    if not proxy:
-        return {"http_proxy_host": "unused.invalid", "http_proxy_port": 9, "http_no_proxy": ["*"]}
-    parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
-    if parts.scheme not in _PROXY_TYPES:
-        raise StreamError(f"websocket-client cannot use a {parts.scheme!r} proxy; "
-                          f"use one of {', '.join(_PROXY_TYPES)}")
-    options: dict[str, Any] = {
-        "proxy_type": parts.scheme,
-        "http_proxy_host": parts.hostname,
-        "http_proxy_port": parts.port or 80,
-        "http_no_proxy": ["unused.invalid"],
-    }
-    if parts.username:
-        options["http_proxy_auth"] = (unquote(parts.username), unquote(parts.password or ""))
-    return options
+    def __init__(self, settings: _Settings, session: Optional[requests.Session]) -> None:
+        if session is not None and not isinstance(session, requests.Session):
+            raise ConfigurationError(f"session must be a requests.Session, not {type(session).__name__}")
+        self.settings = settings
+        self.secrets = _Secrets(settings.api_key)
+        self._auth = _BearerAuth(settings.api_key)
+        self._headers = {"Accept": "application/json", "Accept-Encoding": "identity",
+                         "User-Agent": settings.user_agent}
+        self._owns_session = session is None
+        if session is None:
+            session = requests.Session()
+            session.mount("https://", _TransportAdapter())
+            session.mount("http://", _TransportAdapter())
+        self._session = session
+        self._generation = _forks
+        self._routes: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.route(settings.base_url)  # refuse a cleartext route through a remote proxy now
 
+    def close(self) -> None:
+        _watchdog.cut_all(self)
+        if self._owns_session:
+            self._session.close()
+
+    def call(self, method: str, path: str, *, params: Optional[Mapping[str, Any]] = None,
+             body: Any = None, resend_unsafe: bool = False) -> Any:
+        """Send one API request with retries; its decoded JSON body (None when empty)."""
+        what = f"{method} {path}"
+        may_resend = resend_unsafe or method in IDEMPOTENT_METHODS
+        attempt = 0
+        while True:
+            try:
+                return self._attempt(method, path, what, params, body, may_resend)
+            except _Failed as failed:
+                failure = failed
+            delay = self._retry_delay(attempt, failure, may_resend)
+            if delay is None:
+                error = failure.error
+                if attempt and isinstance(error, APIConnectionError):
+                    error.args = (f"{error} (after {attempt + 1} attempts)",)
+                raise error from failure.cause
+            # The message, not the error: a handler keeping records would keep its response alive.
+            logger.info("%s: %s; retry %d of %d in %.2f s", what, str(failure.error), attempt + 1,
+                        self.settings.max_retries, delay)
+            _clock.sleep(delay)
+            attempt += 1
+
+    def _retry_delay(self, attempt: int, failure: _Failed, may_resend: bool) -> Optional[float]:
+        """How long to wait before the next attempt, or None to give up now."""
+        if failure.kind == _FINAL or attempt >= self.settings.max_retries:
+            return None
+        if failure.kind == _IF_SAFE and not may_resend:
+            return None
+        retry_after = getattr(failure.error, "retry_after", None)
+        if retry_after is not None and retry_after > RETRY_AFTER_CAP:
+            return None
+        delay: float = _backoff(attempt, RETRY_BACKOFF_BASE, RETRY_BACKOFF_CAP) if retry_after is None else retry_after
+        return delay if delay < _Deadline.ambient().remaining() else None
+
+    def _attempt(self, method: str, path: str, what: str, params: Optional[Mapping[str, Any]],
+                 body: Any, may_resend: bool) -> Any:
+        """One exchange, bounded end to end by the watchdog; its decoded JSON body.
+
+        Failures leave as _Failed, built outside the except blocks, so that no exception
+        context can carry a secret along.
+        """
+        self._check_fork()
+        deadline = _Deadline.ambient().sooner(self.settings.attempt_seconds)
+        if deadline.expired:
+            raise self._failed(_Cut("no time"), what)
+        prepared = self._prepare(method, path, params, body)
+        route = self.route(self.settings.base_url)
+        attempt = _Attempt(deadline, self)
+        failure: Optional[Exception] = None
+        response: Optional[requests.Response] = None
+        content = b""
+        _watchdog.watch(attempt)
+        _current.attempt = attempt
+        try:
+            response = self._send(prepared, route, attempt, may_resend, what)
+            if attempt.sock is None:  # a session's own adapter: cut through the answer
+                attempt.connection = response.raw
+            content = self._read_body(response, method)
+        except (requests.RequestException, _BadBody) as exc:
+            failure = exc
+        finally:
+            _current.attempt = None
+            _watchdog.unwatch(attempt)
+            if response is not None:
+                response.close()
+        if attempt.cut is not None and (failure is not None or response is None or not _is_framed(response)):
+            failure = _Cut(attempt.cut)  # the cut can read as the end of a body: whatever came, it is late
+        if failure is not None or response is None:
+            raise self._failed(failure, what)
+        logger.debug("%s -> %s", what, response.status_code)
+        if response.status_code >= 300:
+            raise self._failed(_Answer(response.status_code, response.headers, content,
+                                       self._scrubbed(response, content)), what)
+        return self._decode(response, content, what)
+
+    def _failed(self, failure: Any, what: str, stream: bool = False) -> _Failed:
+        error, kind = _classify(failure, what, self.secrets, self.settings.attempt_seconds, stream)
+        return _Failed(error, kind, failure if isinstance(failure, requests.RequestException) else None)
+
+    def _prepare(self, method: str, path: str, params: Optional[Mapping[str, Any]],
+                 body: Any) -> requests.PreparedRequest:
+        """The request as your session prepares it (its headers, cookies, auth, hooks)."""
+        prepared = self._session.prepare_request(requests.Request(
+            method, self.settings.base_url + path, headers=self._headers, auth=self._auth,
+            params=params, json=body))
+        prepared.hooks["response"].append(_stop_at_redirect)  # after the session's own hooks
+        return prepared
+
+    def _send(self, prepared: requests.PreparedRequest, route: dict[str, Any], attempt: _Attempt,
+              may_resend: bool, what: str) -> requests.Response:
+        """Send; once more at once, on another connection, if a request safe to repeat met
+        a pooled connection the server had just closed (no answer came: counted as no
+        retry, it keeps the attempt's deadline)."""
+        try:
+            return self._session_send(prepared, route, attempt)
+        except requests.ConnectionError as exc:
+            root = _root_cause(exc)  # urllib3's ProtocolError("Connection aborted.", cause)
+            closed = any(isinstance(part, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError))
+                         for part in (root, *root.args))
+            if not (closed and attempt.reused and may_resend and attempt.cut is None):
+                raise
+        logger.debug("%s: the server had closed the pooled connection; resending on a new one", what)
+        _watchdog.watch(attempt)  # giving the closed connection back unwatched it
+        return self._session_send(prepared, route, attempt)
+
+    def _session_send(self, prepared: requests.PreparedRequest, route: dict[str, Any],
+                      attempt: _Attempt) -> requests.Response:
+        left = attempt.deadline.remaining()
+        timeout = self.settings.timeout
+        timeout = (min(timeout[0], left), min(timeout[1], left)) if isinstance(timeout, tuple) else min(timeout, left)
+        try:
+            return self._session.send(prepared, allow_redirects=False, stream=True, timeout=timeout, **route)
+        except _Redirected as redirected:
+            return redirected.response
+        except requests.HTTPError as raised:  # a session hook's raise_for_status()
+            if raised.response is None:
+                raise
+            return raised.response  # judged like any other answer
+
+    def _read_body(self, response: requests.Response, method: str) -> bytes:
+        """The whole body, refused unread when compressed or over the size limit (an
+        error page is read only as far as its message needs, and not when compressed)."""
+        status = response.status_code
+        if method == "HEAD" or status in (204, 304):
+            return b""
+        error_page = status >= 300
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            if error_page:
+                return b""  # the status says what went wrong (a proxy's gzip 503)
+            raise _BadBody("compressed", f"answered HTTP {status} with a {encoding!r}-compressed body "
+                           "although the client asked for none; refusing to decompress it")
+        limit = min(self.settings.max_response_bytes, ERROR_PAGE_BYTES) if error_page else self.settings.max_response_bytes
+        length = response.headers.get("Content-Length", "")
+        too_large = (f"the response {{}}, over the client's max_response_bytes of "
+                     f"{self.settings.max_response_bytes:,}; refused unread")
+        if length.isdigit() and int(length) > limit and not error_page:
+            raise _BadBody("too large", too_large.format(f"announced {int(length):,} bytes"))
+        chunks, size = [], 0
+        for chunk in response.iter_content(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                if error_page:
+                    break  # an excerpt is all an error message needs
+                raise _BadBody("too large", too_large.format(f"sent more than {limit:,} bytes"))
+            chunks.append(chunk)
+        content = b"".join(chunks)
+        if length.isdigit() and len(content) < int(length) and not error_page:
+            raise _BadBody("truncated", f"the connection closed after {len(content):,} of {int(length):,} bytes")
+        return content
+
+    def _decode(self, response: requests.Response, content: bytes, what: str) -> Any:
+        if not content.strip():
+            return None
+        try:
+            return json.loads(content)
+        except (ValueError, RecursionError) as exc:
+            problem = ("nested too deeply" if isinstance(exc, RecursionError)
+                       else f"not JSON ({response.headers.get('Content-Type', 'unknown type')})")
+        raise self._failed(_BadBody(
+            "unreadable", f"answered HTTP {response.status_code} with a body that is {problem}", content), what)
+
+    def _scrubbed(self, response: requests.Response, content: bytes) -> requests.Response:
+        """The error answer as errors keep it: read, and without the key in its request."""
+        kept = requests.Response()
+        kept.status_code, kept.reason, kept.encoding = response.status_code, response.reason, response.encoding
+        kept.headers, kept.url = response.headers, self.secrets.redact(response.url or "")
+        kept.raw = io.BytesIO(content)
+        if response.request is not None:
+            kept.request = response.request.copy()
+            kept.request.headers["Authorization"] = "Bearer ***"
+            kept.request.url = self.secrets.redact(kept.request.url or "")
+        return kept
+
+    def route(self, url: str) -> dict[str, Any]:
+        """Proxies, TLS trust and client certificate for a URL, as requests merges the
+        session's settings and the environment; an explicit ``verify=`` wins. Read once
+        per origin and session state (scanning the environment is a third of a call);
+        a cleartext route through a proxy beyond this machine is refused."""
+        session, verify = self._session, self.settings.verify
+        origin = "/".join(_as_http(url).split("/", 3)[:3])
+        key = (origin, session.trust_env, tuple(sorted(session.proxies.items())), session.verify, session.cert)
+        route = self._routes.get(key)
+        if route is None:
+            merged = session.merge_environment_settings(origin, {}, None, verify, None)
+            route = {"proxies": merged["proxies"], "verify": merged["verify"] if verify is None else verify,
+                     "cert": merged["cert"]}
+            self._check_cleartext_route(origin, route["proxies"])
+            _check_tls_files(route)
+            if len(self._routes) >= 64:
+                self._routes.clear()
+            self._routes[key] = route
+        return route
+
+    def _check_cleartext_route(self, origin: str, proxies: Mapping[str, str]) -> None:
+        if not origin.startswith("http:") or self.settings.allow_insecure_http:
+            return
+        proxy = requests.utils.select_proxy(origin, dict(proxies))
+        proxy_host = proxy and urlsplit(proxy if "://" in proxy else "http://" + proxy).hostname
+        if proxy and not _is_loopback(proxy_host):
+            raise ConfigurationError(
+                f"refusing to send credentials in clear to {urlsplit(origin).hostname} through the "
+                f"proxy at {proxy_host}: use an https base URL, exempt the host with no_proxy, "
+                "or pass allow_insecure_http=True if you really mean it")
+
+    def _check_fork(self) -> None:
+        """In a forked child: let go of the pooled connections inherited from the parent
+        (closing our copies only), so the child never reads an answer meant for it."""
+        if self._generation != _forks:
+            for adapter in self._session.adapters.values():
+                adapter.close()
+            self._generation = _forks
+
+    def stream_url(self, path: str, ticket: WsTicket) -> str:
+        """The ticket's ``wsUrl``, or else ``<base>/…/ws?ticket=`` with ws(s); never a
+        cleartext URL where the base URL would not be allowed one."""
+        url = ticket.ws_url or f"{self.settings.base_url}{path}/ws?ticket={quote(ticket.ticket, safe='')}"
+        parts = urlsplit(url)
+        scheme = _SOCKET_SCHEMES.get(parts.scheme.lower())
+        if scheme is None or not parts.hostname:
+            raise StreamError(f"the ticket's wsUrl is not a ws(s) URL: {self.secrets.redact(url)!r}")
+        if scheme == "ws" and self.settings.base_url.startswith("https:"):
+            raise StreamError("refusing the ticket's wsUrl: it downgrades https to plain ws, "
+                              "which would send the ticket and events in clear")
+        if scheme == "ws" and not _is_loopback(parts.hostname) and not self.settings.allow_insecure_http:
+            raise StreamError(f"refusing the ticket's plain-ws wsUrl to {parts.hostname}: the ticket would "
+                              "cross the network in clear; pass allow_insecure_http=True if you really mean it")
+        return urlunsplit((scheme,) + tuple(parts[1:]))
+
+    def open_stream(self, url: str, what: str) -> Any:
+        """A WebSocket on ``url``, opened within the client's timeout (and the ambient
+        deadline): TCP, any proxy tunnel and TLS by urllib3's connection, watched from the
+        first byte, then websocket-client's upgrade on that socket. Raises _Failed."""
+        import websocket
+
+        self._check_fork()
+        route = self.route(url)
+        proxy = self._stream_proxy(url, route)
+        deadline = _Deadline.ambient().sooner(self.settings.attempt_seconds)
+        ws = _read_ahead_websocket_class()(skip_utf8_validation=True, enable_multithread=False)
+        attempt = _Attempt(deadline, self)
+        attempt.connection = ws
+        failure: Any = None
+        logger.debug("%s: connecting to %s", what, self.secrets.redact(url))
+        _watchdog.watch(attempt)
+        _current.attempt = attempt
+        try:
+            sock = attempt.sock = self._stream_socket(url, route, proxy, deadline.remaining())
+            ws.connect(url, socket=sock, header={"User-Agent": self.settings.user_agent}, redirect_limit=0)
+        except Exception as exc:  # noqa: BLE001 - the classifier sorts them out
+            failure = exc
+        finally:
+            _current.attempt = None
+            _watchdog.unwatch(attempt)
+        if failure is None and attempt.cut is None:
+            return ws
+        ws.shutdown()
+        if attempt.cut is not None:
+            failure = _Cut(attempt.cut)
+        elif isinstance(failure, websocket.WebSocketBadStatusException):
+            body = getattr(failure, "resp_body", None) or b""
+            failure = _Answer(failure.status_code, requests.structures.CaseInsensitiveDict(
+                getattr(failure, "resp_headers", None) or {}), body if isinstance(body, bytes) else body.encode())
+        raise self._failed(failure, what, stream=True)
+
+    def _stream_proxy(self, url: str, route: Mapping[str, Any]) -> Optional[tuple[str, int, Any]]:
+        """The HTTP proxy requests would use for this URL (host, port, CONNECT headers), or None."""
+        proxy = requests.utils.select_proxy(_as_http(url), dict(route["proxies"]))
+        if not proxy:
+            return None
+        parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ConfigurationError(
+                f"a stream can go through an http:// proxy only, not {self.secrets.redact(proxy)!r}; "
+                "exempt the API's host with no_proxy, or use an http proxy")
+        headers = None
+        if parts.username:
+            headers = urllib3.util.make_headers(
+                proxy_basic_auth=f"{unquote(parts.username)}:{unquote(parts.password or '')}")
+        return parts.hostname, parts.port or 80, headers
+
+    @staticmethod
+    def _stream_socket(url: str, route: Mapping[str, Any], proxy: Optional[tuple[str, int, Any]],
+                       timeout: float) -> socket.socket:
+        parts = urlsplit(url)
+        secure = parts.scheme == "wss"
+        host, port = parts.hostname or "", parts.port or (443 if secure else 80)
+        if proxy is None:
+            connection = _ReportingHTTPConnection(host, port, timeout=timeout)
+        else:
+            connection = _ReportingHTTPConnection(proxy[0], proxy[1], timeout=timeout)
+            connection.set_tunnel(host, port, proxy[2])
+        try:
+            connection.connect()
+            sock: socket.socket = connection.sock
+            # CPython bounds the whole TLS handshake by the socket's timeout.
+            return _stream_tls_context(route).wrap_socket(sock, server_hostname=host) if secure else sock
+        except BaseException:
+            connection.close()
+            raise
 
 # -- Streams ---------------------------------------------------------------------------
 
 
-@attrs.frozen
-class _StreamSettings:
-    ping_interval: float
-    ping_timeout: float
-    idle_timeout: Optional[float]
-    #: Seconds without a working connection before the stream gives up; 0: never reconnect.
-    max_outage: float = DEFAULT_MAX_OUTAGE
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    #: Deprecated: failed attempts in a row before giving up; None: only max_outage counts.
-    max_reconnects: Optional[int] = None
-    #: A time.monotonic() instant at which the stream gives up (for ``rakerone run wait``).
-    deadline: Optional[float] = None
+class _Lost(Exception):
+    """Internal: this connection is gone (``error`` says why), but another one may work."""
 
-    @classmethod
-    def checked(cls, *, max_outage: Any, max_message_bytes: Any, ping_interval: Any,
-                ping_timeout: Any, idle_timeout: Any, reconnect: Any, max_reconnects: Any) -> _StreamSettings:
-        if (isinstance(max_outage, bool) or not isinstance(max_outage, (int, float))
-                or not 0 <= max_outage < float("inf")):
-            raise ConfigurationError(f"max_outage must be a finite number of seconds >= 0, not {max_outage!r}")
-        if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int) or max_message_bytes < 1:
-            raise ConfigurationError(f"max_message_bytes must be a whole number >= 1, not {max_message_bytes!r}")
-        if reconnect is not _NOT_GIVEN:
-            if not isinstance(reconnect, bool):
-                raise ConfigurationError(f"reconnect must be True or False, not {reconnect!r}")
-            _warn_deprecated("reconnect", "reconnect=False is max_outage=0, and reconnecting is the default")
-            max_outage = max_outage if reconnect else 0
-        if max_reconnects is _NOT_GIVEN:
-            max_reconnects = None
-        else:
-            if isinstance(max_reconnects, bool) or not isinstance(max_reconnects, int) or max_reconnects < 0:
-                raise ConfigurationError(f"max_reconnects must be a whole number >= 0, not {max_reconnects!r}")
-            _warn_deprecated("max_reconnects", "give the stream a time budget instead: max_outage=<seconds>")
-        return cls(
-            max_outage=float(max_outage),
-            max_message_bytes=max_message_bytes,
-            max_reconnects=max_reconnects,
-            ping_interval=_positive_number("ping_interval", ping_interval),
-            ping_timeout=_positive_number("ping_timeout", ping_timeout),
-            idle_timeout=None if idle_timeout is None else _positive_number("idle_timeout", idle_timeout),
-        )
-
-
-def _warn_deprecated(option: str, instead: str) -> None:
-    import warnings
-
-    # stacklevel 4: the user's call of iter_run_events, through checked() and here.
-    warnings.warn(f"the {option} option of rakerone streams is deprecated: {instead}",
-                  DeprecationWarning, stacklevel=4)
-
-
-class _ConnectionLost(Exception):
-    """Internal: this connection is gone, but another one may work."""
-
-    def __init__(self, reason: str, cause: Optional[BaseException] = None,
-                 retry_after: Optional[float] = None) -> None:
-        super().__init__(reason)
-        self.cause = cause
-        self.retry_after = min(retry_after or 0.0, RETRY_AFTER_CAP)
+    def __init__(self, error: RakerOneError, doing: str = "") -> None:
+        super().__init__(f"{doing}: {error}" if doing else str(error))
+        self.error = error
+        self.retry_after = min(getattr(error, "retry_after", None) or 0.0, RETRY_AFTER_CAP)
 
 
 class _TicketRefused(Exception):
@@ -1880,51 +1709,55 @@ class _Reconnects:
 
     def __init__(self, path: str, settings: _StreamSettings) -> None:
         self._path = path
-        self.settings = settings
-        self._outage_started: Optional[float] = time.monotonic()  # None: a connection works
+        self._settings = settings
+        self._outage_started: Optional[float] = _clock.now()  # None: a connection works
         self._failures = 0
         self._has_worked = False
-        self._ticket_refused = False  # the last refusal had no working connection after it
+        self._ticket_refused = False  # the last refusal had no new event after it
         self._opened_at = 0.0
 
     def opened(self) -> None:
-        self._opened_at = time.monotonic()
+        self._opened_at = _clock.now()
 
     def closed(self, new_events: int) -> None:
-        """The connection ended; note whether it worked. Only new events clear a
-        refused ticket: a server that accepts each ticket and refuses it a moment
-        later must not get a fresh one every half second for ever."""
-        if new_events or time.monotonic() - self._opened_at >= CONNECTION_WORKS_AFTER:
+        """The connection ended; note whether it worked. Only new events clear a refused
+        ticket: a server that accepts each ticket and refuses it a moment later must not
+        get a fresh one every half second for ever."""
+        if new_events or _clock.now() - self._opened_at >= CONNECTION_WORKS_AFTER:
             self._outage_started = None
             self._failures = 0
             self._has_worked = True
         if new_events:
             self._ticket_refused = False
 
-    def delay_after(self, lost: _ConnectionLost) -> float:
-        """Seconds to wait before the next attempt; StreamDisconnectedError when out of budget."""
-        now = time.monotonic()
+    def wait(self, lost: _Lost) -> None:
+        """Sleep before the next connection; StreamDisconnectedError when out of budget,
+        StreamTimeoutError when the ambient deadline would pass first."""
+        delay = self._delay_after(lost)
+        if _Deadline.ambient().remaining() <= delay:
+            raise StreamTimeoutError(f"stream {self._path}: the deadline passed while reconnecting ({lost})")
+        logger.info("stream %s: %s; reconnecting in %.2f s", self._path, str(lost), delay)
+        _clock.sleep(delay)
+
+    def _delay_after(self, lost: _Lost) -> float:
+        now = _clock.now()
         if self._outage_started is None:
             self._outage_started = now
         self._failures += 1
-        settings, outage = self.settings, now - self._outage_started
-        left = settings.max_outage - outage
-        if settings.max_outage == 0:
+        max_outage, outage = self._settings.max_outage, now - self._outage_started
+        left = max_outage - outage
+        if max_outage == 0:
             why = "reconnecting is off: max_outage=0"
-        elif settings.max_reconnects is not None and self._failures > settings.max_reconnects:
-            why = f"max_reconnects={settings.max_reconnects}"
         elif left <= 0:
-            why = f"max_outage={settings.max_outage:g} s"
+            why = f"max_outage={max_outage:g} s"
         elif lost.retry_after > left:
             why = f"the server asked to retry after {lost.retry_after:g} s, beyond max_outage"
         else:
-            # The exponent stops at 16: the cap is reached long before, and 2**1024 overflows.
-            backoff = _backoff(min(self._failures - 1, 16), RECONNECT_BACKOFF_BASE, RECONNECT_BACKOFF_CAP)
+            backoff = _backoff(self._failures - 1, RECONNECT_BACKOFF_BASE, RECONNECT_BACKOFF_CAP)
             return min(max(backoff, lost.retry_after), left)
         raise StreamDisconnectedError(
             f"stream {self._path} ended after {self._failures} failed attempt(s) in a row, "
-            f"{outage:.1f} s without a working connection ({why}): {lost}"
-        ) from lost.cause
+            f"{outage:.1f} s without a working connection ({why}): {lost}") from lost.error
 
     def after_refused_ticket(self, refused: _TicketRefused) -> None:
         """Allow one fresh ticket after a stream worked; else raise AuthenticationError."""
@@ -1956,8 +1789,6 @@ class _RecentIds:
         """Remember the id; False when it was already there."""
         key: Union[str, bytes] = event_id
         if len(event_id) > DEDUPE_DIGEST_ABOVE:
-            import hashlib
-
             key = hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
         ids = self._ids
         if key in ids:
@@ -1969,14 +1800,10 @@ class _RecentIds:
 
 
 _OPCODE_TEXT, _OPCODE_BINARY, _OPCODE_CLOSE = 0x1, 0x2, 0x8
-_SOCKET_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
-_PROXY_TYPES = ("http", "socks4", "socks4a", "socks5", "socks5h")
-
-
 _raw_decode = json.JSONDecoder().raw_decode
 
 
-def _decode_json(payload: bytes, secrets: Iterable[Optional[str]] = ()) -> Any:
+def _decode_json(payload: bytes, secrets: _Secrets) -> Any:
     """Decode a frame's UTF-8 JSON exactly as ``json.loads`` would, or raise StreamError.
 
     ``raw_decode`` skips ``json.loads``'s two layers and two regular expressions
@@ -1994,40 +1821,39 @@ def _decode_json(payload: bytes, secrets: Iterable[Optional[str]] = ()) -> Any:
         problem = "a frame that is not UTF-8 JSON"
     except RecursionError:
         problem = "JSON nested too deeply to decode"
-    raise StreamError(f"received {problem}: {_excerpt(bytes(payload), 80, tuple(secrets))!r}")
+    raise StreamError(f"received {problem}: {secrets.excerpt(bytes(payload), 80)!r}")
 
 
 class _ConnectionReader:
     """Reads one connection's events, keeping it alive with pings and deadlines.
 
     The socket wakes the reader at the nearest deadline (ping due, pong due, idle, the
-    caller's deadline), also in the middle of a frame or while frames keep coming. The
+    ambient deadline), also in the middle of a frame or while frames keep coming. The
     wake-up time is set when state changes, never per frame: a wake-up that comes early
     (an event pushed the ping later) only sets the next one.
     """
 
-    def __init__(self, ws: Any, settings: _StreamSettings, secrets: Iterable[Optional[str]]) -> None:
+    def __init__(self, ws: Any, settings: _StreamSettings, secrets: _Secrets, what: str) -> None:
         self._ws = ws
         self._settings = settings
-        #: The fork() count of the process that opened the connection (see _forks).
-        self.born = _forks
-        #: What to redact from the server's text we quote (the key, the tickets).
         self._secrets = secrets
-        self._last_frame_at = self._last_event_at = time.monotonic()
+        self._what = what
+        self._deadline = _Deadline.ambient()
+        self._last_frame_at = self._last_event_at = _clock.now()
         self._ping_sent_at: Optional[float] = None
         #: How many events this connection yielded (not seen before).
         self.new_events = 0
         ws.max_message_bytes = settings.max_message_bytes
         ws.set_wake_time(self._next_wake())
 
-    def events(self, seen: _RecentIds) -> Generator[Event, None, None]:
-        """Yield the events not ``seen`` before; return on close 1000, raise
-        _ConnectionLost on a drop. ``new_events`` counts what was yielded."""
+    def events(self, seen: _RecentIds, born: int) -> Generator[Event, None, None]:
+        """Yield the events not ``seen`` before; return on close 1000, raise _Lost on a
+        drop. ``born`` is the fork generation that opened the connection."""
         import websocket
 
         # The per-frame path: one JSON decode, no logging, names bound once.
-        recv_data_frame, monotonic, add_id = self._ws.recv_data_frame, time.monotonic, seen.add
-        from_message, now, utc = Event.from_message, datetime.datetime.now, datetime.timezone.utc
+        recv_data_frame, now, add_id = self._ws.recv_data_frame, _clock.now, seen.add
+        from_message, wall_clock, utc = Event.from_message, datetime.datetime.now, datetime.timezone.utc
         while True:
             try:
                 opcode, frame = recv_data_frame(True)
@@ -2035,53 +1861,60 @@ class _ConnectionReader:
                 self._on_silence()
                 continue
             except (OSError, websocket.WebSocketException) as exc:
-                raise _ConnectionLost(f"connection dropped ({type(exc).__name__}: {exc})", exc) from None
+                dropped: Exception = exc
+                break
             if opcode == _OPCODE_TEXT or opcode == _OPCODE_BINARY:
                 message = _decode_json(frame.data, self._secrets)
-                frame = None  # free the payload before the loop body runs
-                self._last_frame_at = self._last_event_at = monotonic()
+                del frame  # free the payload before the loop body runs
+                self._last_frame_at = self._last_event_at = now()
                 self._ping_sent_at = None
-                event = from_message(message, now(utc))
+                event = from_message(message, wall_clock(utc))
                 if event.id is None or add_id(event.id):
                     self.new_events += 1
                     yield event
-                    if _forks != self.born:
+                    if _forks != born:
                         raise _forked_stream_error()
             elif opcode == _OPCODE_CLOSE:
                 _on_close_frame(frame.data, self._secrets)
                 return
             else:  # ping or pong: the peer is alive
-                self._last_frame_at = now_monotonic = monotonic()
+                self._last_frame_at = now_monotonic = now()
                 self._ping_sent_at = None
                 self._check_deadlines(now_monotonic)
                 self._ws.set_wake_time(self._next_wake())
+        error, kind = _classify(dropped, self._what, self._secrets, 0.0, stream=True)
+        raise _Lost(error) if kind != _FINAL else error
 
     def _on_silence(self) -> None:
         """Nothing complete for a while: ping, declare the peer dead, or time out idle."""
         import websocket
 
-        now = time.monotonic()
+        now = _clock.now()
         self._check_deadlines(now)
         settings = self._settings
         if self._ping_sent_at is not None:
             if now - self._ping_sent_at >= settings.ping_timeout:
                 half_read = " (a frame was still arriving)" if self._ws.is_mid_frame else ""
                 self._ws.shutdown()
-                raise _ConnectionLost(f"no answer to a ping within {settings.ping_timeout:g} s{half_read}")
+                raise _Lost(StreamDisconnectedError(
+                    f"no answer to a ping within {settings.ping_timeout:g} s{half_read}"))
         elif now - self._last_frame_at >= settings.ping_interval:
             try:
                 self._ws.ping()
             except (OSError, websocket.WebSocketException) as exc:
-                raise _ConnectionLost(f"connection dropped sending a ping ({type(exc).__name__}: {exc})",
-                                      exc) from None
-            self._ping_sent_at = now
+                failure: Optional[Exception] = exc
+            else:
+                failure = None
+                self._ping_sent_at = now
+            if failure is not None:
+                raise _Lost(_classify(failure, self._what, self._secrets, 0.0, stream=True)[0])
         self._ws.set_wake_time(self._next_wake())
 
     def _check_deadlines(self, now: float) -> None:
         idle_timeout = self._settings.idle_timeout
         if idle_timeout is not None and now - self._last_event_at >= idle_timeout:
             raise StreamTimeoutError(f"no event for {idle_timeout:g} s (idle_timeout)")
-        if self._settings.deadline is not None and now >= self._settings.deadline:
+        if now >= self._deadline.at:
             raise StreamTimeoutError("the deadline passed")
 
     def _next_wake(self) -> float:
@@ -2092,9 +1925,7 @@ class _ConnectionReader:
             due = self._ping_sent_at + settings.ping_timeout
         if settings.idle_timeout is not None:
             due = min(due, self._last_event_at + settings.idle_timeout)
-        if settings.deadline is not None:
-            due = min(due, settings.deadline)
-        return due
+        return min(due, self._deadline.at)
 
 
 #: A frame header as read: first byte, payload length, mask key (None: unmasked).
@@ -2290,36 +2121,237 @@ def _read_ahead_websocket_class() -> type:
     return ReadAheadWebSocket
 
 
-def _on_close_frame(payload: bytes, secrets: Iterable[Optional[str]] = ()) -> None:
-    """Act on the server's close: return on 1000, else raise what the code means."""
+def _on_close_frame(payload: bytes, secrets: _Secrets) -> None:
+    """Act on the server's close: return on 1000, else raise what the classifier says."""
     code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-    reason = _excerpt(payload[2:], 123, tuple(secrets)) if len(payload) > 2 else ""  # 123 bytes at most
-    described = f"server closed the stream with {code}" + (f" ({reason})" if reason else "")
+    reason = secrets.excerpt(payload[2:], 123) if len(payload) > 2 else ""  # 123 bytes at most
     if code == 1000:
-        logger.debug("%s", described)
+        logger.debug("server closed the stream with 1000")
         return
-    status = CLOSE_CODE_STATUS.get(code)
-    if status is None and 4000 <= code < 5000:
-        status = code - 4000  # application codes read as 4000 + an HTTP status
-    if code in RECONNECT_CLOSE_CODES or status in RETRYABLE_STATUSES:
-        raise _ConnectionLost(described)
-    if status == 401:
+    error, kind = _classify(_Closed(code, reason), "", secrets, 0.0, stream=True)
+    if isinstance(error, AuthenticationError):
         raise _TicketRefused(f"close {code}" + (f": {reason}" if reason else ""))
-    if status is not None and 400 <= status < 600:
-        error_class = _error_class(status)
-        raise error_class(described, status_code=status)
-    raise StreamError(described)
+    raise _Lost(error) if kind != _FINAL else error
 
 
-def _close_socket(ws: Any, polite: bool = True, deadline: Optional[float] = None) -> None:
-    """Say goodbye (close 1000) if the socket is still open, and release it at once.
-    The wait for the server's answer ends by CLOSE_TIMEOUT, and by the deadline. In a
-    forked child, the socket is the parent's too: it is only let go of."""
+def _close_socket(ws: Any, polite: bool) -> None:
+    """Say goodbye (close 1000) if the socket is still open, and release it at once. The
+    wait for the server's answer ends by CLOSE_TIMEOUT, and by the ambient deadline. In
+    a forked child, the socket is the parent's too: it is only let go of."""
     if ws.connected and polite:
-        wait = CLOSE_TIMEOUT if deadline is None else max(0.0, min(CLOSE_TIMEOUT, deadline - time.monotonic()))
-        ws.set_wake_time(time.monotonic() + wait)  # a half-read frame cannot hold it longer
+        wait = _Deadline.ambient().clamp(CLOSE_TIMEOUT)
+        ws.set_wake_time(_clock.now() + wait)  # a half-read frame cannot hold it longer
         ws.close(status=1000, timeout=wait)
     ws.shutdown()
+
+
+def _open_connection(transport: _Transport, path: str, mint_ticket: Callable[[], WsTicket]) -> Any:
+    """Mint a ticket and open a WebSocket with it; _Lost when another attempt may work,
+    _TicketRefused when the upgrade refused the ticket, our error when nothing will."""
+    try:
+        ticket = mint_ticket()
+    except RakerOneError as error:
+        if not error.retryable:
+            raise  # the key's problem (or TLS, or a setting), and its message
+        raise _Lost(error, "could not mint a ticket") from None
+    try:
+        return transport.open_stream(transport.stream_url(path, ticket), f"stream {path}")
+    except _Failed as failed:
+        if isinstance(failed.error, AuthenticationError):
+            raise _TicketRefused(f"HTTP {failed.error.status_code} at the upgrade") from None
+        raise (failed.error if failed.kind == _FINAL else _Lost(failed.error)) from None
+
+
+def _iter_events(transport: _Transport, path: str, mint_ticket: Callable[[], WsTicket],
+                 settings: _StreamSettings) -> Generator[Event, None, None]:
+    """A stream's events, each once, over as many connections as it takes."""
+    seen = _RecentIds(DEDUPE_WINDOW)
+    reconnects = _Reconnects(path, settings)
+    born = _forks
+    while True:
+        if _forks != born:
+            raise _forked_stream_error()
+        try:
+            ws = _open_connection(transport, path, mint_ticket)
+        except _Lost as lost:
+            reconnects.wait(lost)
+            continue
+        except _TicketRefused as refused:
+            reconnects.after_refused_ticket(refused)
+            continue
+        reconnects.opened()
+        reader = _ConnectionReader(ws, settings, transport.secrets, f"stream {path}")
+        try:
+            yield from reader.events(seen, born)
+            return
+        except (_Lost, _TicketRefused) as exc:
+            ended: Union[_Lost, _TicketRefused] = exc
+        finally:
+            _close_socket(ws, polite=_forks == born)
+        reconnects.closed(reader.new_events)
+        if isinstance(ended, _TicketRefused):
+            reconnects.after_refused_ticket(ended)
+        else:
+            reconnects.wait(ended)
+
+
+# -- Client ----------------------------------------------------------------------------
+
+
+def _parsed(from_dict: Callable[[Any], Any], data: Any, what: str, payload: Any = None) -> Any:
+    """A model from the server's JSON, or UnexpectedResponseError for the wrong shape."""
+    try:
+        return from_dict(data)
+    except _WrongShape as exc:
+        error = UnexpectedResponseError(f"{what} answered with an unexpected body: {exc}", status_code=200,
+                                        body=payload if payload is not None else data)
+    raise error
+
+
+class Client:
+    """A blocking RakerOne API client.
+
+    Parameters:
+        api_key: an organization API key or WorkOS session JWT; default ``$RAKERONE_API_KEY``.
+        base_url: the API root; default ``$RAKERONE_BASE_URL``, else production.
+        timeout: seconds each HTTP attempt may take end to end (connect, headers and
+            the whole body), or a ``(connect, read)`` pair whose sum bounds it.
+        max_retries: extra attempts on connection errors, timeouts, 408, 429 and 5xx.
+        verify: TLS verification, or a CA bundle path; default: the session's (True).
+        session: a ``requests.Session`` to send through (its hooks, cookies, adapters,
+            proxies and TLS settings apply; ``close()`` leaves it open).
+        user_agent: a product token put in front of ours.
+        allow_insecure_http: allow the key over plain http beyond this machine.
+        max_response_bytes: the largest response body read; a larger one is refused.
+
+    One client may be shared by threads, survives ``fork()`` (a child opens its own
+    connections) and may be used again after ``close()``. Raises ConfigurationError
+    for a missing key or an unusable setting.
+    """
+
+    def __init__(
+        self,
+        api_key: Optional[str] = None,
+        *,
+        base_url: Optional[str] = None,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        verify: Union[bool, str, None] = None,
+        session: Optional[requests.Session] = None,
+        user_agent: Optional[str] = None,
+        allow_insecure_http: bool = False,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
+        settings = _Settings.checked(api_key, base_url, timeout, max_retries, verify, user_agent,
+                                     allow_insecure_http, max_response_bytes)
+        #: The API root, without a trailing slash.
+        self.base_url = settings.base_url
+        self._transport = _Transport(settings, session)
+
+    def __repr__(self) -> str:
+        return f"<rakerone.Client base_url={getattr(self, 'base_url', None)!r}>"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the client's HTTP session (not one you passed); a call still in flight
+        in another thread is cut short with APIConnectionError."""
+        self._transport.close()
+
+    def get_run(self, project_id: Id, run_id: Id) -> PlaybookRun:
+        """Fetch one playbook run.
+
+        Raises NotFoundError for an unknown project or run, AuthenticationError for a
+        refused key, APIConnectionError when the API cannot be reached.
+        """
+        path = _run_path(project_id, run_id)
+        payload = self._transport.call("GET", path)
+        run = payload.get("run") if isinstance(payload, dict) else None
+        parsed: PlaybookRun = _parsed(PlaybookRun.from_dict, run, f"GET {path}", payload)
+        return parsed
+
+    def mint_run_ticket(self, project_id: Id, run_id: Id) -> WsTicket:
+        """Mint a short-lived ticket for the run's WebSocket (see ``iter_run_events``)."""
+        return self._mint_ticket(_run_path(project_id, run_id) + "/ws-ticket")
+
+    def mint_brief_ticket(self, project_id: Id, brief_id: Id) -> WsTicket:
+        """Mint a short-lived ticket for the brief's shaping-log WebSocket."""
+        return self._mint_ticket(_brief_path(project_id, brief_id) + "/ws-ticket")
+
+    def _mint_ticket(self, path: str) -> WsTicket:
+        # Minting is documented as safe to repeat: a lost answer only wastes a ticket.
+        ticket: WsTicket = _parsed(WsTicket.from_dict, self._transport.call("POST", path, resend_unsafe=True),
+                                   f"POST {path}")
+        self._transport.secrets.add_ticket(ticket.ticket)
+        return ticket
+
+    def request(self, method: str, path: str, *ids: Id, params: Optional[Mapping[str, Any]] = None,
+                json: Any = None) -> Any:
+        """Call any API endpoint through this client's auth, retries and errors.
+
+        ``path`` is relative to the base URL; each ``{}`` in it is filled with one of
+        ``ids``, encoded as a single path segment. Returns the decoded JSON (None for an
+        empty answer). POST and PATCH are resent only when the server cannot have
+        acted on them (no connection, or 429/503).
+        """
+        return self._transport.call(_check_method(method), _fill_path(path, ids), params=params, body=json)
+
+    def wait_for_run(self, project_id: Id, run_id: Id, *, timeout: Optional[float] = None,
+                     on_update: Optional[Callable[[PlaybookRun], None]] = None) -> PlaybookRun:
+        """Block until the run finishes, and return it (succeeded or not).
+
+        Follows the run's events and confirms with ``get_run``; polls when the stream
+        cannot be had. Failures worth waiting out (``error.retryable``: network errors,
+        timeouts, 5xx, 429, lost streams) are waited out; the others raise at once.
+        After ``timeout`` seconds, raises WaitTimeoutError with the last run seen: no
+        request, sleep or read runs past that deadline. ``on_update`` gets each state seen.
+        """
+        _run_path(project_id, run_id)
+        if timeout is not None:
+            _checked_number("timeout", timeout)
+        if on_update is not None and not callable(on_update):
+            raise ConfigurationError("on_update must be a function taking a PlaybookRun")
+        return _RunWait(self, project_id, run_id, timeout, on_update).wait()
+
+    def iter_run_events(self, project_id: Id, run_id: Id, *, max_outage: float = DEFAULT_MAX_OUTAGE,
+                        ping_interval: float = DEFAULT_PING_INTERVAL, ping_timeout: float = DEFAULT_PING_TIMEOUT,
+                        idle_timeout: Optional[float] = None,
+                        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Generator[Event, None, None]:
+        """Yield the run's live events, each exactly once, until the server ends the stream.
+
+        Every connection mints a fresh ticket; an event whose id was already yielded is
+        skipped. Drops and server restarts reconnect until ``max_outage`` seconds pass
+        without a working connection (0: never reconnect). A silent peer is pinged after
+        ``ping_interval`` seconds and dropped after ``ping_timeout`` more. Raises
+        StreamDisconnectedError when the outage budget runs out, MessageTooLargeError
+        over ``max_message_bytes``, StreamError for a frame that is not JSON,
+        StreamTimeoutError after ``idle_timeout`` seconds without an event, and
+        AuthenticationError / PermissionDeniedError / NotFoundError when refused.
+        """
+        settings = _StreamSettings.checked(max_outage=max_outage, max_message_bytes=max_message_bytes,
+                                           ping_interval=ping_interval, ping_timeout=ping_timeout,
+                                           idle_timeout=idle_timeout)
+        return _iter_events(self._transport, _run_path(project_id, run_id),
+                            lambda: self.mint_run_ticket(project_id, run_id), settings)
+
+    def iter_brief_events(self, project_id: Id, brief_id: Id, *, max_outage: float = DEFAULT_MAX_OUTAGE,
+                          ping_interval: float = DEFAULT_PING_INTERVAL, ping_timeout: float = DEFAULT_PING_TIMEOUT,
+                          idle_timeout: Optional[float] = None,
+                          max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Generator[Event, None, None]:
+        """Yield the brief's shaping-log entries live; behaves as ``iter_run_events``."""
+        settings = _StreamSettings.checked(max_outage=max_outage, max_message_bytes=max_message_bytes,
+                                           ping_interval=ping_interval, ping_timeout=ping_timeout,
+                                           idle_timeout=idle_timeout)
+        return _iter_events(self._transport, _brief_path(project_id, brief_id),
+                            lambda: self.mint_brief_ticket(project_id, brief_id), settings)
+
+    def redact(self, text: str) -> str:
+        """``text`` with this client's key and recent tickets hidden, in every form they travel."""
+        return self._transport.secrets.redact(text)
 
 
 # -- Waiting for a run -----------------------------------------------------------------
@@ -2331,51 +2363,41 @@ WAIT_REFRESH_EVERY = 1.0  # at most one get_run per this many seconds while even
 WAIT_QUIET_RECHECK = 60.0
 
 
-def _is_final(error: RakerOneError) -> bool:
-    """Whether waiting longer cannot change this answer (a refused key, an unknown
-    run, a bad setting); everything else is trouble worth waiting out."""
-    if isinstance(error, (ConfigurationError, ProxyAuthenticationError)):
-        return True
-    if isinstance(error, APIError) and error.status_code is not None:
-        return 400 <= error.status_code < 500 and error.status_code not in (408, 429)
-    return isinstance(error, StreamError) and not isinstance(error, StreamDisconnectedError)
-
-
 class _RunWait:
-    """Waits for a run to finish: follows its events, confirms with get_run, polls
-    when the stream cannot be had, and waits out transient trouble until the deadline."""
+    """Waits for a run to finish: follows its events, confirms with get_run, polls when
+    the stream cannot be had, and waits out what is retryable until the deadline (the
+    ambient deadline of every call and stream made meanwhile)."""
 
     def __init__(self, client: Client, project_id: Id, run_id: Id, timeout: Optional[float],
                  on_update: Optional[Callable[[PlaybookRun], None]]) -> None:
-        self._client = client
-        self._path = client._run_path(project_id, run_id)
-        self._run_id = run_id
+        self._client, self._project_id, self._run_id = client, project_id, run_id
         self._timeout = timeout
-        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._deadline = _Deadline.after(timeout)
         self._on_update = on_update
         self._last_run: Optional[PlaybookRun] = None
         self._last_error: Optional[RakerOneError] = None
         self._stream_refused = False
 
     def wait(self) -> PlaybookRun:
-        delay = WAIT_POLL_FIRST
-        while True:
-            run = self._check()
-            if run is not None and run.is_terminal:
-                return run
-            if run is not None and not self._stream_refused:
-                run = self._follow_stream()
-                if run is not None:
+        with self._deadline.applied():
+            delay = WAIT_POLL_FIRST
+            while True:
+                run = self._check()
+                if run is not None and run.is_terminal:
                     return run
-                delay = WAIT_POLL_FIRST
-            retry_after = getattr(self._last_error, "retry_after", None) or 0.0
-            self._pause(max(delay, retry_after))
-            delay = min(delay * 2, WAIT_POLL_CAP)
+                if run is not None and not self._stream_refused:
+                    run = self._follow_stream()
+                    if run is not None:
+                        return run
+                    delay = WAIT_POLL_FIRST
+                retry_after = getattr(self._last_error, "retry_after", None) or 0.0
+                self._pause(max(delay, retry_after))
+                delay = min(delay * 2, WAIT_POLL_CAP)
 
     def _check(self) -> Optional[PlaybookRun]:
-        """The run now, or None after transient trouble (kept in ``_last_error``)."""
+        """The run now, or None after trouble worth waiting out (kept in ``_last_error``)."""
         try:
-            run = self._client._get_run(self._path, self._deadline)
+            run = self._client.get_run(self._project_id, self._run_id)
         except RakerOneError as error:
             self._note_trouble(error)
             return None
@@ -2385,25 +2407,21 @@ class _RunWait:
         return run
 
     def _note_trouble(self, error: RakerOneError) -> None:
-        if _is_final(error):
+        self._check_deadline(error)
+        if not error.retryable:
             raise error
         logger.info("waiting for run %s: %s; trying again", self._run_id, str(error))
         self._last_error = error
-        self._check_deadline()
 
     def _follow_stream(self) -> Optional[PlaybookRun]:
-        """Re-check the run as events arrive (at most once a second) and when the
-        stream ends or fails; the finished run, or None to go on polling."""
-        client = self._client
-        settings = _StreamSettings(ping_interval=20.0, ping_timeout=10.0, idle_timeout=WAIT_QUIET_RECHECK,
-                                   deadline=self._deadline)
-        events = client._iter_events(self._path, lambda: client._mint_ticket(self._path + "/ws-ticket",
-                                                                            self._deadline), settings)
-        last_check = time.monotonic()
+        """Re-check the run as events arrive (at most once a second) and when the stream
+        ends or fails; the finished run, or None to go on polling."""
+        events = self._client.iter_run_events(self._project_id, self._run_id, idle_timeout=WAIT_QUIET_RECHECK)
+        last_check = _clock.now()
         try:
             while self._next_event(events):
-                if time.monotonic() - last_check >= WAIT_REFRESH_EVERY:
-                    last_check = time.monotonic()
+                if _clock.now() - last_check >= WAIT_REFRESH_EVERY:
+                    last_check = _clock.now()
                     run = self._check()
                     if run is not None and run.is_terminal:
                         return run
@@ -2414,7 +2432,8 @@ class _RunWait:
         return run if run is not None and run.is_terminal else None
 
     def _next_event(self, events: Iterator[Event]) -> bool:
-        """Whether an event arrived; False once the stream ended, went quiet or failed."""
+        """Whether an event arrived; False once the stream ended, went quiet or failed.
+        A stream refused for good is left for polling; get_run has the last word."""
         try:
             next(events)
             return True
@@ -2422,34 +2441,30 @@ class _RunWait:
             return False
         except StreamTimeoutError:  # quiet for a while, or the deadline: check the run
             return False
-        except (AuthenticationError, PermissionDeniedError, NotFoundError, StreamError) as error:
-            if isinstance(error, StreamDisconnectedError):
+        except RakerOneError as error:
+            if error.retryable:
                 self._note_trouble(error)
             else:
                 logger.info("waiting for run %s: no event stream (%s); polling instead", self._run_id, str(error))
                 self._stream_refused = True
             return False
-        except RakerOneError as error:
-            self._note_trouble(error)
-            return False
 
     def _pause(self, seconds: float) -> None:
-        if self._deadline is not None:
-            seconds = min(seconds, self._deadline - time.monotonic())
+        seconds = self._deadline.clamp(seconds)
         if seconds > 0:
-            self._client._sleep(seconds)
+            _clock.sleep(seconds)
         self._check_deadline()
 
-    def _check_deadline(self) -> None:
-        if self._deadline is None or time.monotonic() < self._deadline:
+    def _check_deadline(self, error: Optional[RakerOneError] = None) -> None:
+        if not self._deadline.expired:
             return
+        last_error = error or self._last_error
         if self._last_run is None:
             message = (f"gave up waiting for run {self._run_id} after {self._timeout:g} s: "
-                       f"the API could not be reached ({self._last_error})")
+                       f"the API could not be reached ({last_error})")
         else:
             message = f"run {self._run_id} still {self._last_run.status or 'unfinished'} after {self._timeout:g} s"
-        raise WaitTimeoutError(message,
-                               self._last_run, self._last_error)
+        raise WaitTimeoutError(message, self._last_run, last_error)
 
 
 # -- Shortcuts -------------------------------------------------------------------------
@@ -2473,11 +2488,11 @@ def mint_brief_ticket(project_id: Id, brief_id: Id) -> WsTicket:
         return client.mint_brief_ticket(project_id, brief_id)
 
 
-def wait_for_run(project_id: Id, run_id: Id, *, timeout: Optional[float] = None) -> PlaybookRun:
-    """Wait for a run to finish with a client built from the environment; see
-    ``Client.wait_for_run``."""
+def wait_for_run(project_id: Id, run_id: Id, *, timeout: Optional[float] = None,
+                 on_update: Optional[Callable[[PlaybookRun], None]] = None) -> PlaybookRun:
+    """Wait for a run with a client built from the environment; see ``Client.wait_for_run``."""
     with Client() as client:
-        return client.wait_for_run(project_id, run_id, timeout=timeout)
+        return client.wait_for_run(project_id, run_id, timeout=timeout, on_update=on_update)
 
 
 def request(method: str, path: str, *ids: Id, params: Optional[Mapping[str, Any]] = None,
@@ -2488,306 +2503,36 @@ def request(method: str, path: str, *ids: Id, params: Optional[Mapping[str, Any]
 
 
 def iter_run_events(project_id: Id, run_id: Id, **options: Any) -> Generator[Event, None, None]:
-    """Follow a run's events with a client built from the environment; options as
-    for ``Client.iter_run_events``. The client is closed when the loop ends."""
-    return _iter_with_own_client(lambda client: client.iter_run_events(project_id, run_id, **options))
+    """Follow a run's events with a client built from the environment; options as for
+    ``Client.iter_run_events``. The client is closed when the loop ends."""
+    return _with_own_client(lambda client: client.iter_run_events(project_id, run_id, **options))
 
 
 def iter_brief_events(project_id: Id, brief_id: Id, **options: Any) -> Generator[Event, None, None]:
     """Follow a brief's shaping log with a client built from the environment."""
-    return _iter_with_own_client(lambda client: client.iter_brief_events(project_id, brief_id, **options))
+    return _with_own_client(lambda client: client.iter_brief_events(project_id, brief_id, **options))
 
 
-def _iter_with_own_client(
-        start: Callable[[Client], Generator[Event, None, None]]) -> Generator[Event, None, None]:
+def _with_own_client(start: Callable[[Client], Iterator[Event]]) -> Generator[Event, None, None]:
     client = Client()
     try:
         events = start(client)  # checks the arguments now, not at the first next()
     except BaseException:
         client.close()
         raise
-    return _closing_client(client, events)
+    return _closing(client, events)
 
 
-def _closing_client(client: Client, events: Iterator[Event]) -> Generator[Event, None, None]:
+def _closing(client: Client, events: Iterator[Event]) -> Generator[Event, None, None]:
     with client:
         yield from events
 
 
-# -- Command line ----------------------------------------------------------------------
-
-#: Exit codes, the same for every command (see README).
-EXIT_OK = 0
-EXIT_RUN_UNSUCCESSFUL = 1
-EXIT_USAGE = 2
-EXIT_CONFIGURATION = 3  # configuration or authentication, the API's or a proxy's
-EXIT_NOT_FOUND = 4
-EXIT_API_ERROR = 5
-EXIT_NETWORK = 6  # connection or network timeout: worth a retry later
-EXIT_SOFTWARE = 70  # a bug in rakerone (sysexits' EX_SOFTWARE)
-EXIT_OUTPUT = 74  # the output could not be written (sysexits' EX_IOERR)
-EXIT_DEADLINE = 124  # as timeout(1)
-EXIT_INTERRUPTED = 130
-
-
-class _OutputFailed(Exception):
-    """Internal: stdout could not be written (closed, full, or the reader left)."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause) or type(cause).__name__)
-        self.reader_left = isinstance(cause, BrokenPipeError)
-
-
-class _UsageError(Exception):
-    """Internal: a command's arguments are unusable; exit 2 with this message."""
-
-
 def main(argv: Optional[list[str]] = None) -> int:
-    """Run the ``rakerone`` command; return its exit code."""
-    import argparse
+    """Run the ``rakerone`` command (it lives in rakerone_cli); return its exit code."""
+    from rakerone_cli import main as command
 
-    parser = _command_parser(argparse)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 for --help / --version
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    handler: Callable[[Client, Any], int] = args.handler
-    if args.verbose:
-        log_handler = logging.StreamHandler(sys.stderr)
-        log_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        logger.addHandler(log_handler)
-        logger.setLevel(logging.DEBUG)
-    secrets: Any = [os.environ.get(API_KEY_ENV)]
-    try:
-        with Client(base_url=args.base_url, timeout=args.request_timeout) as client:
-            secrets = client._secrets
-            return handler(client, args)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except _OutputFailed as failed:
-        return _output_failed(failed, quiet=failed.reader_left and handler in _STREAMING_COMMANDS)
-    except _UsageError as exc:
-        _say(f"rakerone: {exc}")
-        return EXIT_USAGE
-    except RakerOneError as exc:
-        if args.verbose:
-            logger.exception("failed")
-        _say(f"rakerone: {exc}")
-        if handler is _cmd_api and isinstance(exc, APIError) and exc.body is not None:
-            _say(_redact(json.dumps(exc.body, ensure_ascii=False), *secrets))
-        return _exit_code(exc)
-    except Exception as exc:  # noqa: BLE001 - a bug must never pass for a run's outcome
-        if args.verbose:
-            logger.exception("internal error")
-        _say(f"rakerone: internal error, please report it: {type(exc).__name__}: "
-             f"{_redact(str(exc), *secrets)}")
-        return EXIT_SOFTWARE
-
-
-def _exit_code(error: RakerOneError) -> int:
-    if isinstance(error, (ConfigurationError, AuthenticationError, PermissionDeniedError,
-                          ProxyAuthenticationError)):
-        return EXIT_CONFIGURATION
-    if isinstance(error, NotFoundError):
-        return EXIT_NOT_FOUND
-    if isinstance(error, (APIConnectionError, StreamDisconnectedError)):
-        return EXIT_NETWORK
-    if isinstance(error, WaitTimeoutError):
-        return EXIT_NETWORK if error.run is None else EXIT_DEADLINE
-    return EXIT_API_ERROR
-
-
-def _say(line: str) -> None:
-    """One line on stderr, whatever the locale; never an error of its own."""
-    try:
-        print(line, file=sys.stderr, flush=True)
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
-def _output_failed(failed: _OutputFailed, quiet: bool) -> int:
-    """End after stdout failed: quietly (exit 0) when a reader such as ``head`` left
-    an event stream, else with EXIT_OUTPUT."""
-    try:  # nothing more may reach the broken stdout, not even at interpreter exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-    except OSError:
-        pass
-    if quiet:
-        return EXIT_OK
-    _say(f"rakerone: could not write the output ({failed})")
-    return EXIT_OUTPUT
-
-
-def _write(text: str) -> None:
-    """Write UTF-8 to stdout (JSON stays valid JSON in an ASCII or C locale) and flush."""
-    try:
-        stdout = sys.stdout.buffer  # AttributeError when stdout was closed (None) at start
-        stdout.write(text.encode("utf-8"))
-        stdout.flush()
-    except (OSError, ValueError, AttributeError) as exc:
-        raise _OutputFailed(exc) from None
-
-
-def _print_json(value: Any) -> None:
-    if value is not None:
-        _write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-
-
-def _print_json_lines(events: Iterator[Event]) -> int:
-    dumps, write = json.dumps, _write
-    for event in events:
-        write(dumps(event.raw, ensure_ascii=False, separators=(",", ":")) + "\n")
-    return EXIT_OK
-
-
-def _cmd_run_get(client: Client, args: Any) -> int:
-    _print_json(client.get_run(args.project_id, args.run_id).raw)
-    return EXIT_OK
-
-
-def _cmd_run_ticket(client: Client, args: Any) -> int:
-    _print_json(client.mint_run_ticket(args.project_id, args.run_id).raw)
-    return EXIT_OK
-
-
-def _cmd_brief_ticket(client: Client, args: Any) -> int:
-    _print_json(client.mint_brief_ticket(args.project_id, args.brief_id).raw)
-    return EXIT_OK
-
-
-def _cmd_run_events(client: Client, args: Any) -> int:
-    return _print_json_lines(client.iter_run_events(args.project_id, args.run_id))
-
-
-def _cmd_brief_events(client: Client, args: Any) -> int:
-    return _print_json_lines(client.iter_brief_events(args.project_id, args.brief_id))
-
-
-def _cmd_run_wait(client: Client, args: Any) -> int:
-    progress = _ProgressLine() if sys.stderr is not None and sys.stderr.isatty() else None
-    try:
-        run = client.wait_for_run(args.project_id, args.run_id, timeout=args.deadline,
-                                  on_update=progress.show if progress else None)
-    finally:
-        if progress:
-            progress.clear()
-    outcome = EXIT_OK if run.succeeded else EXIT_RUN_UNSUCCESSFUL
-    try:
-        _print_json(run.raw)
-    except _OutputFailed as failed:  # the run's outcome still decides the exit code
-        _output_failed(failed, quiet=failed.reader_left)
-    return outcome
-
-
-def _cmd_api(client: Client, args: Any) -> int:
-    path, _, query = args.path.partition("?")
-    path = "/" + path.lstrip("/")
-    base_path = urlsplit(client.base_url).path
-    if base_path and (path + "/").startswith(base_path + "/"):
-        path = path[len(base_path):] or "/"  # "/api/projects" under ".../api" is "/projects"
-    fields = dict(_field(text) for text in args.field)
-    body = _read_input(args.input) if args.input is not None else None
-    method = (args.method or ("POST" if fields or args.input is not None else "GET")).upper()
-    params = dict(parse_qsl(query, keep_blank_values=True))
-    if method in ("GET", "HEAD", "DELETE") and args.input is None:
-        params.update(fields)
-    elif fields:
-        if body is not None and not isinstance(body, dict):
-            raise _UsageError("-f fields can only be added to a JSON object given with --input")
-        body = {**(body or {}), **fields}
-    _check_method(method)
-    _fill_path(path, ())  # checks the path: relative, no dot segments, no placeholders
-    _print_json(client._request(method, path, params=params or None, body=body))
-    return EXIT_OK
-
-
-def _field(text: str) -> tuple[str, str]:
-    key, equals, value = text.partition("=")
-    if not equals or not key:
-        raise _UsageError(f"-f takes key=value, not {text!r}")
-    return key, value
-
-
-def _read_input(name: str) -> Any:
-    try:
-        if name == "-":
-            text = sys.stdin.read() if sys.stdin is not None else ""
-        else:
-            with open(name, encoding="utf-8") as file:
-                text = file.read()
-        return json.loads(text)
-    except (OSError, UnicodeDecodeError) as exc:
-        problem = f"cannot read --input {name}: {exc}"
-    except (ValueError, RecursionError) as exc:
-        problem = f"--input {name} is not JSON: {exc}"
-    raise _UsageError(problem)
-
-
-_STREAMING_COMMANDS = (_cmd_run_events, _cmd_brief_events)
-
-
-class _ProgressLine:
-    """One live status line on a terminal's stderr: status, steps done, elapsed."""
-
-    def __init__(self) -> None:
-        self._started = time.monotonic()
-
-    def show(self, run: PlaybookRun) -> None:
-        done = sum(1 for step in run.steps if step.finished_at or
-                   _normalise_status(step.status) in SUCCESS_STATUSES | FAILURE_STATUSES)
-        elapsed = int(time.monotonic() - self._started)
-        print(f"\r\033[K{run.status or 'unknown'} · steps {done}/{len(run.steps)} done · "
-              f"{elapsed // 60:02d}:{elapsed % 60:02d} elapsed", end="", file=sys.stderr, flush=True)
-
-    def clear(self) -> None:
-        print("\r\033[K", end="", file=sys.stderr, flush=True)
-
-
-def _command_parser(argparse: Any) -> Any:
-    parser = argparse.ArgumentParser(
-        prog="rakerone",
-        description=f"Query RakerOne runs and follow their events. The API key is read from {API_KEY_ENV}.",
-        epilog="exit codes: 0 ok, 1 run finished unsuccessfully, 2 usage, 3 configuration or "
-               "authentication, 4 not found, 5 other API error, 6 connection or network timeout, "
-               "70 internal error, 74 output could not be written, 124 run wait deadline passed, "
-               "130 interrupted",
-    )
-    parser.add_argument("--version", action="version", version=f"rakerone {__version__}")
-    parser.add_argument("--base-url", help=f"API root (default ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})")
-    parser.add_argument("--timeout", dest="request_timeout", type=float, default=DEFAULT_TIMEOUT,
-                        metavar="S", help="seconds each HTTP attempt may take (default %(default)s)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens on stderr (redacted)")
-    nouns = parser.add_subparsers(dest="noun", required=True, metavar="{run,brief,api}")
-    for noun, noun_help, id_name, commands in (
-        ("run", "playbook runs", "run_id", (
-            ("get", _cmd_run_get, "print the run as JSON, exactly as the server sent it"),
-            ("ticket", _cmd_run_ticket, "mint a WebSocket ticket and print it as JSON"),
-            ("events", _cmd_run_events, "print one JSON line per event as it arrives"),
-            ("wait", _cmd_run_wait, "wait until the run finishes; print it; exit 0 if it succeeded, 1 if not"),
-        )),
-        ("brief", "briefs", "brief_id", (
-            ("ticket", _cmd_brief_ticket, "mint a WebSocket ticket and print it as JSON"),
-            ("events", _cmd_brief_events, "print one JSON line per shaping-log entry as it arrives"),
-        )),
-    ):
-        verbs = nouns.add_parser(noun, help=noun_help).add_subparsers(dest="verb", required=True)
-        for verb, handler, help_text in commands:
-            command = verbs.add_parser(verb, help=help_text, description=help_text)
-            command.add_argument("project_id", metavar="PROJECT")
-            command.add_argument(id_name, metavar=noun.upper())
-            command.set_defaults(handler=handler)
-            if handler is _cmd_run_wait:
-                command.add_argument("--timeout", dest="deadline", type=float, metavar="S",
-                                     help="give up after S seconds: exit 124 (6 if the API was never reached)")
-    api_help = "call any API path with this client's key, retries and errors; print the JSON answer"
-    api = nouns.add_parser("api", help=api_help, description=api_help + " (GET, or POST with -f/--input)")
-    api.add_argument("path", metavar="PATH", help="relative to the base URL, e.g. /projects/p1/briefs")
-    api.add_argument("-X", "--method", help="HTTP method (default GET, or POST when fields or input are given)")
-    api.add_argument("-f", "--field", action="append", default=[], metavar="KEY=VALUE",
-                     help="a string field: the JSON body's, or the query's for GET")
-    api.add_argument("--input", metavar="FILE", help="send this JSON file as the body ('-' for stdin)")
-    api.set_defaults(handler=_cmd_api)
-    return parser
+    return command(argv)
 
 
 if __name__ == "__main__":

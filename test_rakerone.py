@@ -81,15 +81,41 @@ def clean_environment(monkeypatch):
     monkeypatch.setenv("NETRC", os.devnull)
 
 
+class SkippingClock:
+    """rakerone's clock, with sleeps that skip ahead instead of waiting: budgets, backoffs
+    and deadlines are tested without waiting for them. Each sleep is recorded, then
+    ``then(seconds)`` runs, if set (to restart a server after so long, say)."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+        self.sleeps: list = []
+        self.then = None
+
+    def now(self) -> float:
+        return time.monotonic() + self.skipped
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.skipped += seconds
+        if self.then is not None:
+            self.then(seconds)
+
+
 @pytest.fixture
-def sleeps():
-    return []
+def clock(monkeypatch):
+    clock = SkippingClock()
+    monkeypatch.setattr(rakerone, "_clock", clock)
+    return clock
+
+
+@pytest.fixture
+def sleeps(clock):
+    return clock.sleeps
 
 
 @pytest.fixture
 def client(sleeps):
     with rakerone.Client(API_KEY, base_url=BASE_URL) as client:
-        client._sleep = sleeps.append
         yield client
 
 
@@ -660,7 +686,6 @@ def test_a_503_is_retried_then_succeeds(client, mocked, sleeps):
 def test_backoff_is_exponential_with_jitter_and_gives_up_after_max_retries(mocked, sleeps, monkeypatch):
     monkeypatch.setattr(rakerone.random, "uniform", lambda low, high: high)
     client = rakerone.Client(API_KEY, base_url=BASE_URL, max_retries=5)
-    client._sleep = sleeps.append
     mocked.get(f"{BASE_URL}/projects/p/playbook-runs/r", status=500, json={"error": "boom"})
 
     with pytest.raises(rakerone.ServerError):
@@ -715,7 +740,6 @@ def test_client_errors_are_not_retried(client, mocked, sleeps, status):
 
 def test_connection_refused_is_an_api_connection_error_after_retries(sleeps, refused_port):
     client = rakerone.Client(API_KEY, base_url=f"http://127.0.0.1:{refused_port}/api", max_retries=2)
-    client._sleep = sleeps.append
 
     with pytest.raises(rakerone.APIConnectionError) as raised:
         client.get_run("p", "r")
@@ -732,7 +756,6 @@ def test_a_server_that_never_answers_is_an_api_timeout_error(sleeps):
         silent.listen(8)  # accepts connections in the kernel, never answers
         port = silent.getsockname()[1]
         client = rakerone.Client(API_KEY, base_url=f"http://127.0.0.1:{port}/api", timeout=0.2, max_retries=1)
-        client._sleep = sleeps.append
 
         with pytest.raises(rakerone.APITimeoutError, match="timed out after 0.2 s"):
             client.get_run("p", "r")
@@ -747,14 +770,13 @@ def test_a_server_that_never_answers_is_an_api_timeout_error(sleeps):
 def test_api_key_never_appears_in_repr_errors_or_logs(mocked, caplog, sleeps):
     caplog.set_level(logging.DEBUG)
     client = rakerone.Client(API_KEY, base_url=BASE_URL, max_retries=1)
-    client._sleep = sleeps.append
     echo = f"<html>Authorization: Bearer {API_KEY}</html>"
     mocked.get(f"{BASE_URL}/projects/p/playbook-runs/r", status=502, body=echo, content_type="text/html")
 
     with pytest.raises(rakerone.ServerError) as raised:
         client.get_run("p", "r")
 
-    shown = [repr(client), repr(client._auth), str(raised.value), repr(raised.value), caplog.text,
+    shown = [repr(client), repr(client._transport), repr(client._transport._auth), str(raised.value), repr(raised.value), caplog.text,
              "".join(traceback.format_exception(type(raised.value), raised.value, raised.value.__traceback__))]
     assert all(API_KEY not in text for text in shown)
     assert "Bearer ***" in str(raised.value)
@@ -924,13 +946,15 @@ def fd_targets() -> dict:
 @pytest.fixture
 def no_leaks():
     """Fail a test that leaves a thread or a socket behind (a descriptor still open a
-    second after the test, garbage collected meanwhile, is a leak)."""
+    second after the test, garbage collected meanwhile, is a leak). The process's one
+    watchdog thread is no leak: it ends by itself once idle (tested on its own)."""
     threads_before = set(threading.enumerate())
     fds_before = open_fds()
     targets_before = fd_targets()
     yield
     gc.collect()
-    leaked_threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+    leaked_threads = [t for t in threading.enumerate()
+                      if t not in threads_before and t.is_alive() and t.name != "rakerone-watchdog"]
     assert leaked_threads == []
     give_up = time.monotonic() + 1.0
     while open_fds() > fds_before and time.monotonic() < give_up:
@@ -1112,25 +1136,9 @@ def test_handshake_404_raises_not_found(fake, stream_client):
         next(stream_client.iter_run_events(PROJECT, RUN))
 
 
-def test_deprecated_max_reconnects_still_limits_failed_attempts_in_a_row(fake, stream_client, sleeps):
-    stream_client._sleep = sleeps.append
-    fake.drop_after_frames(0, connections=10)
-
-    with pytest.warns(DeprecationWarning, match="max_outage"):
-        events = stream_client.iter_run_events(PROJECT, RUN, max_reconnects=2)
-    with pytest.raises(rakerone.StreamDisconnectedError, match="after 3 failed attempt") as raised:
-        next(events)
-
-    assert "connection dropped" in str(raised.value)
-    assert raised.value.__cause__ is not None
-    assert fake.connections == 3 and fake.tickets_minted == 3
-    assert len(sleeps) == 2
-
-
-def test_deprecated_reconnect_false_is_max_outage_0(fake, stream_client):
+def test_max_outage_0_never_reconnects(fake, stream_client):
     emit(fake, 1)
-    with pytest.warns(DeprecationWarning, match="max_outage=0"):
-        events = stream_client.iter_run_events(PROJECT, RUN, reconnect=False)
+    events = stream_client.iter_run_events(PROJECT, RUN, max_outage=0)
     next(events)
     fake.drop_streams()
 
@@ -1266,14 +1274,13 @@ def test_stream_works_with_and_without_ws_url(fake, stream_client, include_ws_ur
     assert [event.id for event in stream_client.iter_run_events(PROJECT, RUN)] == ["e1"]
 
 
-def test_tickets_never_appear_in_logs_or_stream_errors(fake, stream_client, caplog):
+def test_tickets_never_appear_in_logs_or_stream_errors(clock, fake, stream_client, caplog, monkeypatch):
+    monkeypatch.setattr(rakerone.random, "uniform", lambda low, high: high)  # two tickets exactly
     caplog.set_level(logging.DEBUG)
     minted = record_tickets(stream_client)
-    stream_client._sleep = lambda seconds: None
     fake.drop_after_frames(0, connections=10)
 
-    with pytest.warns(DeprecationWarning):
-        events = stream_client.iter_run_events(PROJECT, RUN, max_reconnects=1)
+    events = stream_client.iter_run_events(PROJECT, RUN, max_outage=0.25)
     with pytest.raises(rakerone.StreamError) as raised:
         next(events)
 
@@ -1318,7 +1325,6 @@ def test_an_untrusted_certificate_fails_at_once_without_retrying(tls_fake, sleep
     fake, _ = tls_fake
 
     with rakerone.Client(fake.api_key, base_url=fake.base_url) as client:  # certifi: not trusted
-        client._sleep = sleeps.append
         with pytest.raises(rakerone.APIConnectionError, match="TLS failed"):
             client.get_run(PROJECT, RUN)
         with pytest.raises(rakerone.APIConnectionError, match="TLS failed"):
@@ -1330,8 +1336,8 @@ def test_an_untrusted_certificate_fails_at_once_without_retrying(tls_fake, sleep
 @pytest.mark.parametrize("route", ["direct", "through a proxy"])
 def test_a_stream_with_an_untrusted_certificate_is_a_stream_error(tls_fake, monkeypatch, route):
     fake, ca_bundle = tls_fake
-    socket_ssl_context = rakerone._socket_ssl_context
-    monkeypatch.setattr(rakerone, "_socket_ssl_context",  # the socket alone trusts certifi only
+    socket_ssl_context = rakerone._stream_tls_context
+    monkeypatch.setattr(rakerone, "_stream_tls_context",  # the socket alone trusts certifi only
                         lambda route: socket_ssl_context(dict(route, verify=True)))
 
     with LoopbackProxy() as proxy:
@@ -1346,7 +1352,7 @@ def test_a_stream_with_an_untrusted_certificate_is_a_stream_error(tls_fake, monk
 
 def test_stream_options_are_checked_before_any_traffic(fake, stream_client):
     for options in ({"ping_interval": 0}, {"ping_timeout": -1}, {"idle_timeout": "5"},
-                    {"max_reconnects": -1}, {"reconnect": "yes"}, {"ping_interval": float("inf")}):
+                    {"max_outage": -1}, {"max_outage": float("nan")}, {"ping_interval": float("inf")}):
         with pytest.raises(rakerone.ConfigurationError):
             stream_client.iter_run_events(PROJECT, RUN, **options)
 
@@ -1358,7 +1364,7 @@ def test_a_ws_url_that_downgrades_https_is_refused():
     ticket = rakerone.WsTicket(ticket="secret-ticket", ws_url="ws://app.raker.one/api/x/ws?ticket=secret-ticket")
 
     with pytest.raises(rakerone.StreamError, match="downgrades https") as raised:
-        client._socket_url("/projects/p/playbook-runs/r", ticket)
+        client._transport.stream_url("/projects/p/playbook-runs/r", ticket)
 
     assert "secret-ticket" not in str(raised.value)
 
@@ -1370,17 +1376,17 @@ def test_a_plain_ws_url_beyond_loopback_is_refused_unless_allowed(allow_insecure
 
     if refused:
         with pytest.raises(rakerone.StreamError, match="in clear") as raised:
-            client._socket_url("/projects/p/playbook-runs/r", ticket)
+            client._transport.stream_url("/projects/p/playbook-runs/r", ticket)
         assert "secret-ticket" not in str(raised.value)
     else:
-        assert client._socket_url("/projects/p/playbook-runs/r", ticket).startswith("ws://rakerone.invalid/")
+        assert client._transport.stream_url("/projects/p/playbook-runs/r", ticket).startswith("ws://rakerone.invalid/")
 
 
 def test_socket_url_is_derived_from_the_base_url_without_ws_url():
     client = rakerone.Client(API_KEY, base_url=BASE_URL)
     ticket = rakerone.WsTicket(ticket="a b/c")
 
-    url = client._socket_url("/projects/p/playbook-runs/r", ticket)
+    url = client._transport.stream_url("/projects/p/playbook-runs/r", ticket)
 
     assert url == "wss://api.example.test/api/projects/p/playbook-runs/r/ws?ticket=a%20b%2Fc"
 
@@ -1534,7 +1540,6 @@ def peak_rss_growth_mib(action) -> float:
 
 
 def test_max_outage_0_raises_on_the_first_drop(fake, stream_client, sleeps):
-    stream_client._sleep = sleeps.append
     emit(fake, 1)
     events = stream_client.iter_run_events(PROJECT, RUN, max_outage=0, idle_timeout=5)
     next(events)
@@ -1570,16 +1575,15 @@ def test_quiet_connections_dropped_every_second_do_not_use_up_the_outage_budget(
     assert fake.connections >= 10
 
 
-def test_a_server_down_for_15_seconds_is_waited_out_and_resumed_exactly_once(fake, stream_client, sleeps):
+def test_a_server_down_for_15_seconds_is_waited_out_and_resumed_exactly_once(fake, stream_client, clock, sleeps):
     emit(fake, 1)
 
-    def sleep_then_restart_after_15_s(seconds):  # no real waiting; the HTTP retries sleep here too
-        sleeps.append(seconds)
+    def restart_after_15_s(seconds):  # the HTTP retries sleep here too
         if sum(sleeps) >= 15 and not restarted:
             restarted.append(fake.start())
 
     restarted = []
-    stream_client._sleep = sleep_then_restart_after_15_s
+    clock.then = restart_after_15_s
     ids = []
     for event in stream_client.iter_run_events(PROJECT, RUN):
         ids.append(event.id)
@@ -1597,12 +1601,7 @@ def test_the_outage_budget_runs_on_real_time_and_the_error_says_how_long(fake):
     fake.stop()
     started = time.monotonic()
 
-    def sleep_at_most_10_s_in_all(seconds):
-        assert time.monotonic() - started < 10, "the stream never gave up"
-        time.sleep(seconds)
-
     with rakerone.Client(fake.api_key, base_url=fake.base_url, timeout=5, max_retries=0) as client:
-        client._sleep = sleep_at_most_10_s_in_all
         with pytest.raises(rakerone.StreamDisconnectedError,
                            match=r"failed attempt\(s\) in a row, 1\.\d s without a working connection "
                                  r"\(max_outage=1 s\): could not mint a ticket"):
@@ -1618,7 +1617,6 @@ def test_retry_after_on_a_refused_upgrade_is_honoured(no_leaks, sleeps):
 
     with RawPeer(lambda conn: conn.refuse(503, [(b"Retry-After", b"2")]), accept_and_finish) as peer:
         with peer.client() as client:
-            client._sleep = sleeps.append
             ids = [event.id for event in client.iter_run_events(PROJECT, RUN)]
 
     assert ids == ["e1"]
@@ -1626,7 +1624,6 @@ def test_retry_after_on_a_refused_upgrade_is_honoured(no_leaks, sleeps):
 
 
 def test_retry_after_on_a_refused_ticket_mint_is_honoured(fake, stream_client, sleeps):
-    stream_client._sleep = sleeps.append
     emit(fake, 1)
     fake.finish_run_stream(PROJECT, RUN)
     fake.fail_next_requests(3, 429, retry_after=2, paths="ws-ticket")  # max_retries=2: three 429s
@@ -1639,7 +1636,6 @@ def test_retry_after_on_a_refused_ticket_mint_is_honoured(fake, stream_client, s
 
 
 def test_close_4401_after_events_mints_one_fresh_ticket_and_carries_on(fake, stream_client, sleeps):
-    stream_client._sleep = sleeps.append
     emit(fake, 1)
     ids = []
 
@@ -1871,19 +1867,18 @@ def test_json_nested_too_deeply_is_a_stream_error(no_leaks):
             next(client.iter_run_events(PROJECT, RUN, max_outage=0))
 
 
-def test_an_outage_of_over_a_thousand_attempts_keeps_its_backoff_capped(fake, sleeps):
+def test_an_outage_of_over_a_thousand_attempts_keeps_its_backoff_capped(fake, clock, sleeps):
     emit(fake, 1)
     fake.finish_run_stream(PROJECT, RUN)
     fake.stop()
 
-    def sleep_then_restart_after_1100_attempts(seconds):  # no real waiting
-        sleeps.append(seconds)
+    def restart_after_1100_attempts(seconds):
         if len(sleeps) == 1100:
             fake.start()
 
     with rakerone.Client(fake.api_key, base_url=fake.base_url, timeout=5, max_retries=0) as client:
-        client._sleep = sleep_then_restart_after_1100_attempts
-        ids = [event.id for event in client.iter_run_events(PROJECT, RUN, max_outage=3600)]
+        clock.then = restart_after_1100_attempts
+        ids = [event.id for event in client.iter_run_events(PROJECT, RUN, max_outage=86400)]
 
     assert ids == ["e1"]
     assert len(sleeps) == 1100 and max(sleeps) <= rakerone.RECONNECT_BACKOFF_CAP
@@ -2247,7 +2242,7 @@ def test_a_forked_child_can_close_the_client_whatever_the_parent_was_doing(no_le
         held, release = threading.Event(), threading.Event()
 
         def busy_watchdog():  # as if the watchdog thread was at work at the fork
-            with client._watchdog._condition:
+            with rakerone._watchdog._condition:
                 held.set()
                 release.wait()
         holder = threading.Thread(target=busy_watchdog)
@@ -2437,7 +2432,6 @@ def test_an_explicit_client_verify_wins_over_the_session_verify(tls_fake, sleeps
     with requests.Session() as session:
         session.verify = False  # would trust anything
         with rakerone.Client(fake.api_key, base_url=fake.base_url, session=session, verify=True) as client:
-            client._sleep = sleeps.append
             with pytest.raises(rakerone.APIConnectionError, match="TLS failed"):
                 client.get_run(PROJECT, RUN)
             with pytest.raises(rakerone.RakerOneError, match="TLS failed"):
@@ -2533,7 +2527,6 @@ def test_a_proxy_answering_407_is_proxy_authentication_error_asked_once(tls_fake
     with LoopbackProxy(refuse_from=0 if refused == "http" else 1) as proxy:
         monkeypatch.setenv(f"{scheme}_proxy", proxy.url)
         with rakerone.Client(server.api_key, base_url=server.base_url, verify=ca_bundle) as client:
-            client._sleep = sleeps.append
             with pytest.raises(rakerone.ProxyAuthenticationError, match="proxy refused") as raised:
                 if refused == "http":
                     client.get_run(PROJECT, RUN)
@@ -2575,7 +2568,7 @@ def test_allow_insecure_http_lets_a_remote_proxy_carry_plain_http(fake, monkeypa
     monkeypatch.setenv("http_proxy", "http://proxy.invalid:3128")
 
     with rakerone.Client(fake.api_key, base_url=fake.base_url, allow_insecure_http=True, max_retries=0) as client:
-        route = client._route(fake.base_url)
+        route = client._transport.route(fake.base_url)
         with pytest.raises(rakerone.APIConnectionError, match="proxy.invalid|resolve|Name or service"):
             client.get_run(PROJECT, RUN)  # the proxy's name never resolves
 
@@ -2625,11 +2618,10 @@ def echo_page(echo: str, status: int):
 
 @pytest.mark.parametrize("status", [200, 500, 404])
 @pytest.mark.parametrize("echo", sorted(ECHOES))
-def test_a_server_echoing_the_key_never_gets_it_into_errors_or_logs(no_leaks, caplog, echo, status):
+def test_a_server_echoing_the_key_never_gets_it_into_errors_or_logs(clock, no_leaks, caplog, echo, status):
     caplog.set_level(logging.DEBUG)
     with ScriptedPeer(echo_page(echo, status)) as peer, \
             rakerone.Client(ODD_KEY, base_url=peer.base_url, max_retries=1) as client:
-        client._sleep = lambda seconds: None
         with pytest.raises(rakerone.APIError) as raised:
             client.get_run(PROJECT, RUN)
 
@@ -2659,15 +2651,15 @@ def ticket_peer(tickets: list):
     return answer
 
 
-@pytest.mark.filterwarnings("ignore:the max_reconnects option:DeprecationWarning")  # two tickets exactly
-def test_a_ticket_in_the_ws_url_path_or_another_query_name_never_gets_into_errors_or_logs(no_leaks, caplog):
+def test_a_ticket_in_the_ws_url_path_or_another_query_name_never_gets_into_errors_or_logs(clock, no_leaks, caplog,
+                                                                                        monkeypatch):
+    monkeypatch.setattr(rakerone.random, "uniform", lambda low, high: high)  # two tickets exactly
     caplog.set_level(logging.DEBUG)
     tickets = []
     with ScriptedPeer(ticket_peer(tickets)) as peer, \
             rakerone.Client(ODD_KEY, base_url=peer.base_url, max_retries=0) as client:
-        client._sleep = lambda seconds: None
         with pytest.raises(rakerone.StreamDisconnectedError) as raised:
-            next(client.iter_run_events(PROJECT, RUN, max_reconnects=1))
+            next(client.iter_run_events(PROJECT, RUN, max_outage=0.25))
         with pytest.raises(rakerone.APIError) as quoted_later:
             client.get_run(PROJECT, RUN)  # a page quoting every ticket minted
 
@@ -2701,11 +2693,10 @@ def keyed_fake(no_leaks):
     pytest.param(1011, "Bearer {key} ?ticket={ticket}", id="1011 reconnect"),
     pytest.param(4000, "Bearer {key} ?ticket={ticket}", id="4000 unknown"),
 ])
-def test_a_close_reason_echoing_the_key_and_ticket_never_gets_into_errors_or_logs(keyed_fake, caplog,
+def test_a_close_reason_echoing_the_key_and_ticket_never_gets_into_errors_or_logs(clock, keyed_fake, caplog,
                                                                                   code, reason):
     caplog.set_level(logging.DEBUG)
     with rakerone.Client(ODD_KEY, base_url=keyed_fake.base_url) as client:
-        client._sleep = lambda seconds: None
         tickets = record_tickets(client)
         events = client.iter_run_events(PROJECT, RUN, max_outage=0, idle_timeout=2)  # 4401: one fresh ticket
         next(events)
@@ -2846,7 +2837,6 @@ def answer_compressed_503_then_run(handler):
 def test_a_compressed_error_page_is_judged_by_its_status_unread(no_leaks, sleeps):
     with ScriptedPeer(answer_compressed_503_then_run) as peer, \
             rakerone.Client(ODD_KEY, base_url=peer.base_url, max_retries=1) as client:
-        client._sleep = sleeps.append
         assert client.get_run(PROJECT, RUN).id == RUN  # the 503 was retried like any other
 
     assert len(peer.requests) == 2 and len(sleeps) == 1
@@ -2868,7 +2858,6 @@ def test_a_body_over_max_response_bytes_is_refused_and_not_retried(no_leaks, sle
         with rakerone.Client(ODD_KEY, base_url=peer.base_url, max_response_bytes=len(body)) as client:
             assert client.get_run(PROJECT, RUN).id == RUN  # exactly the limit is fine
         with rakerone.Client(ODD_KEY, base_url=peer.base_url, max_response_bytes=len(body) - 1) as client:
-            client._sleep = sleeps.append
             with pytest.raises(rakerone.ResponseTooLargeError, match="max_response_bytes") as raised:
                 client.get_run(PROJECT, RUN)
 
@@ -2972,6 +2961,126 @@ def test_a_client_used_again_after_close_still_keeps_its_deadline(no_leaks):
         client.close()
 
     assert elapsed < 5
+
+
+def answer_dripping_for(seconds: float, every: float):
+    """Headers at once, then the body one byte every ``every`` s for about ``seconds``,
+    then the server gives up (the body is never complete)."""
+    def answer(handler):
+        handler.close_connection = True
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: %d\r\n\r\n" % len(RUN_BODY))
+        handler.wfile.flush()
+        drip(handler, RUN_BODY[:int(seconds / every)], every=every)
+    return answer
+
+
+def test_close_from_another_thread_during_a_call_cuts_the_call_within_its_deadline(no_leaks):
+    outcome: dict = {}
+
+    def call():
+        started = time.monotonic()
+        try:
+            client.get_run(PROJECT, RUN)
+        except rakerone.RakerOneError as exc:
+            outcome["raised"] = repr(exc)  # not the error: its traceback would keep the socket
+        outcome["elapsed"] = time.monotonic() - started
+
+    with ScriptedPeer(answer_dripping_for(seconds=12, every=0.5)) as peer:
+        client = rakerone.Client(ODD_KEY, base_url=peer.base_url, timeout=2, max_retries=0)
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.5)
+        client.close()  # from another thread than the call's
+        caller.join(timeout=3.0)
+        peer.stopping.set()  # ends a call that outlived its deadline
+        caller.join()
+
+    assert outcome["elapsed"] < 2.0
+    assert outcome["raised"].startswith("APIConnectionError(") and "closed during the call" in outcome["raised"]
+
+
+def test_a_watchdog_that_cannot_start_fails_only_that_call(no_leaks, monkeypatch):
+    original_start = threading.Thread.start
+
+    def refused_for_the_watchdog(thread, *args, **kwargs):  # as under a process limit
+        if thread.name == "rakerone-watchdog":
+            raise RuntimeError("can't start new thread")
+        return original_start(thread, *args, **kwargs)
+
+    monkeypatch.setattr(rakerone, "_watchdog", rakerone._Watchdog())  # none running yet
+    with ScriptedPeer(answer_dripping("body, with a length")) as peer:
+        client = rakerone.Client(ODD_KEY, base_url=peer.base_url, timeout=1, max_retries=0)
+        with monkeypatch.context() as patch:
+            patch.setattr(threading.Thread, "start", refused_for_the_watchdog)
+            with pytest.raises(rakerone.APIConnectionError, match="could not start the thread") as refused:
+                client.get_run(PROJECT, RUN)
+        started = time.monotonic()
+        with pytest.raises(rakerone.APITimeoutError):
+            client.get_run(PROJECT, RUN)
+        elapsed = time.monotonic() - started
+        client.close()
+
+    assert "was not sent" in str(refused.value)
+    assert len(peer.requests) == 1  # the second call's only
+    assert elapsed < 1.5
+
+
+def answer_things(handler) -> None:
+    answer_json(handler, {"ok": True}, status=201 if handler.command == "POST" else 200)
+
+
+def test_an_attempt_is_unwatched_before_its_connection_returns_to_the_pool(no_leaks, monkeypatch):
+    put_conn, paused = urllib3.connectionpool.HTTPConnectionPool._put_conn, []
+
+    def pause_past_the_deadline_once(pool, conn):  # widens the window between release and reuse
+        put_conn(pool, conn)
+        if not paused:
+            paused.append(conn)
+            time.sleep(1.5)
+
+    monkeypatch.setattr(urllib3.connectionpool.HTTPConnectionPool, "_put_conn", pause_past_the_deadline_once)
+    with ScriptedPeer(answer_things) as peer, \
+            rakerone.Client(ODD_KEY, base_url=peer.base_url, timeout=1, max_retries=0) as client:
+        answers = [client.request("POST", "/things"), client.request("GET", "/things"),
+                   client.request("POST", "/things")]
+
+    assert paused
+    assert answers == [{"ok": True}] * 3
+    assert [method for method, _, _ in peer.requests] == ["POST", "GET", "POST"]
+
+
+def test_wait_for_run_ends_at_once_on_an_untrusted_certificate(tls_fake, clock):
+    fake, _ = tls_fake
+
+    with rakerone.Client(fake.api_key, base_url=fake.base_url) as client:  # certifi: not trusted
+        with pytest.raises(rakerone.APIConnectionError, match="TLS failed"):
+            client.wait_for_run(PROJECT, RUN, timeout=20)
+
+    assert clock.sleeps == []
+
+
+def answer_run_and_close(handler) -> None:
+    handler.close_connection = True
+    answer_json(handler, {"run": {"id": RUN, "status": "running"}}, headers=[("Connection", "close")])
+
+
+def watchdog_threads() -> list:
+    return [thread for thread in threading.enumerate() if thread.name == "rakerone-watchdog"]
+
+
+def test_dropped_clients_leave_one_watchdog_thread_which_ends_when_idle():
+    with ScriptedPeer(answer_run_and_close) as peer:
+        for _ in range(300):  # each with the default 30 s timeout, dropped unclosed
+            assert rakerone.Client(ODD_KEY, base_url=peer.base_url).get_run(PROJECT, RUN).id == RUN
+        gc.collect()
+        right_after = len(watchdog_threads())
+        give_up = time.monotonic() + 5.0
+        while watchdog_threads() and time.monotonic() < give_up:
+            time.sleep(0.1)
+
+    assert right_after == 1
+    assert watchdog_threads() == []
 
 
 def dripping(data: bytes, every: float = 0.2):
@@ -3100,7 +3209,6 @@ def answer_broken(kind: str):
 def test_a_truncated_or_broken_body_is_a_named_error_and_retried(no_leaks, sleeps, kind, error_class):
     with ScriptedPeer(answer_broken(kind)) as peer, \
             rakerone.Client(ODD_KEY, base_url=peer.base_url, max_retries=2) as client:
-        client._sleep = sleeps.append
         with pytest.raises(error_class) as raised:
             client.get_run(PROJECT, RUN)
 
@@ -3121,7 +3229,6 @@ def answer_then_drop_the_next_request(handler) -> None:
 def test_a_pooled_connection_the_server_closed_is_resent_at_once_when_safe(no_leaks, sleeps, method):
     with ScriptedPeer(answer_then_drop_the_next_request) as peer, \
             rakerone.Client(ODD_KEY, base_url=peer.base_url, max_retries=0) as client:
-        client._sleep = sleeps.append
         client.request(method, "/projects/{}/playbook-runs/{}", PROJECT, RUN)
         if method == "GET":
             client.request(method, "/projects/{}/playbook-runs/{}", PROJECT, "second")
@@ -3778,8 +3885,7 @@ HOSTILE_INPUTS = [
     ("zero ping_interval", lambda c: next(c.iter_run_events(PROJECT, RUN, ping_interval=0))),
     ("NaN ping_timeout", lambda c: next(c.iter_run_events(PROJECT, RUN, ping_timeout=float("nan")))),
     ("negative idle_timeout", lambda c: next(c.iter_brief_events(PROJECT, BRIEF, idle_timeout=-5))),
-    ("string max_reconnects", lambda c: next(c.iter_run_events(PROJECT, RUN, max_reconnects="5"))),
-    ("non-bool reconnect", lambda c: next(c.iter_run_events(PROJECT, RUN, reconnect=None))),
+    ("string max_outage", lambda c: next(c.iter_run_events(PROJECT, RUN, max_outage="5"))),
     ("no api key", lambda c: get_run_with(c, api_key="")),
     ("api key with newline", lambda c: get_run_with(c, api_key="key\r\nX-Evil: 1")),
     ("base url without scheme", lambda c: get_run_with(c, base_url=c.base_url.split("://", 1)[1])),

@@ -47,7 +47,7 @@ def report(project_id: str, run_id: str) -> int:
 
 def first_brief_entry(project_id: str, brief_id: str) -> Optional[str]:
     """The module-level shortcuts read RAKERONE_API_KEY and RAKERONE_BASE_URL."""
-    with contextlib.closing(rakerone.iter_brief_events(project_id, brief_id, reconnect=False)) as events:
+    with contextlib.closing(rakerone.iter_brief_events(project_id, brief_id, max_outage=0)) as events:
         for event in events:
             return event.type
     return None
