@@ -61,38 +61,15 @@ __all__ = [
     # client
     "Client",
     # shortcuts
-    "get_run",
-    "mint_run_ticket",
-    "mint_brief_ticket",
-    "wait_for_run",
-    "request",
-    "iter_run_events",
+    "get_run", "mint_run_ticket", "mint_brief_ticket", "wait_for_run", "request", "iter_run_events",
     "iter_brief_events",
     # models
-    "PlaybookRun",
-    "RunStep",
-    "WsTicket",
-    "Event",
+    "PlaybookRun", "RunStep", "WsTicket", "Event",
     # errors
-    "RakerOneError",
-    "ConfigurationError",
-    "APIError",
-    "BadRequestError",
-    "AuthenticationError",
-    "PermissionDeniedError",
-    "NotFoundError",
-    "RateLimitError",
-    "ServerError",
-    "UnexpectedResponseError",
-    "ResponseTooLargeError",
-    "APIConnectionError",
-    "APITimeoutError",
-    "ProxyAuthenticationError",
-    "StreamError",
-    "StreamTimeoutError",
-    "StreamDisconnectedError",
-    "MessageTooLargeError",
-    "WaitTimeoutError",
+    "RakerOneError", "ConfigurationError", "APIError", "BadRequestError", "AuthenticationError",
+    "PermissionDeniedError", "NotFoundError", "RateLimitError", "ServerError", "UnexpectedResponseError",
+    "ResponseTooLargeError", "APIConnectionError", "APITimeoutError", "ProxyAuthenticationError",
+    "StreamError", "StreamTimeoutError", "StreamDisconnectedError", "MessageTooLargeError", "WaitTimeoutError",
     # command line
     "main",
 ]
@@ -182,34 +159,20 @@ class ConfigurationError(RakerOneError, ValueError):
 
 
 class APIError(RakerOneError):
-    """The API answered with an error status (or with a body we cannot read)."""
+    """The API answered with an error status (or with a body we cannot read).
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: Optional[int] = None,
-        code: Optional[str] = None,
-        issues: tuple[Any, ...] = (),
-        request_id: Optional[str] = None,
-        response: Optional[requests.Response] = None,
-        body: Any = None,
-        retry_after: Optional[float] = None,
-    ) -> None:
+    ``status_code``; ``code`` and ``issues`` (``ErrorResponse.error`` and ``.issues``);
+    ``request_id``; ``retry_after`` (seconds, from ``Retry-After``); ``body`` (the
+    decoded JSON, redacted, or None); ``response`` (read, its request without the key).
+    """
+
+    def __init__(self, message: str, *, status_code: Optional[int] = None, code: Optional[str] = None,
+                 issues: tuple[Any, ...] = (), request_id: Optional[str] = None,
+                 response: Optional[requests.Response] = None, body: Any = None,
+                 retry_after: Optional[float] = None) -> None:
         super().__init__(message)
-        #: The HTTP status of the answer.
-        self.status_code = status_code
-        #: ``ErrorResponse.error``, the machine-readable code (``not_found``...).
-        self.code = code
-        #: ``ErrorResponse.issues``, present when ``code`` is ``invalid_body``.
-        self.issues = issues
-        self.request_id = request_id
-        #: The answer, read and redacted: its request carries no key.
-        self.response = response
-        #: The decoded JSON body (redacted), or None when it was not JSON.
-        self.body = body
-        #: Seconds the server asked us to wait (``Retry-After``), when it said.
-        self.retry_after = retry_after
+        self.status_code, self.code, self.issues, self.request_id = status_code, code, issues, request_id
+        self.response, self.body, self.retry_after = response, body, retry_after
 
 
 class BadRequestError(APIError):
@@ -275,39 +238,27 @@ class MessageTooLargeError(StreamError):
 
 
 class WaitTimeoutError(RakerOneError):
-    """``wait_for_run`` reached its deadline before the run finished.
-
-    ``run`` is the last state seen (None if the API never answered) and
-    ``last_error`` the last transient failure, if any.
-    """
+    """``wait_for_run`` reached its deadline before the run finished: ``run`` is the last
+    state seen (None if the API never answered), ``last_error`` the last failure, if any."""
 
     def __init__(self, message: str, run: Optional[PlaybookRun] = None,
                  last_error: Optional[RakerOneError] = None) -> None:
         super().__init__(message)
-        self.run = run
-        self.last_error = last_error
+        self.run, self.last_error = run, last_error
 
 
-_ERROR_CLASSES = {
-    400: BadRequestError,
-    401: AuthenticationError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    429: RateLimitError,
-}
-
-_ERROR_HINTS = {
-    401: f"check that {API_KEY_ENV} (or api_key=) holds a valid RakerOne API key",
-    403: "the API key is valid but may not access this project",
-    404: "check the ids and the base URL",
-    429: "the API is rate limiting this key; slow down",
+#: Status -> (our error class, what the message advises).
+_STATUS_ERRORS: dict[int, tuple[type[APIError], Optional[str]]] = {
+    400: (BadRequestError, None),
+    401: (AuthenticationError, f"check that {API_KEY_ENV} (or api_key=) holds a valid RakerOne API key"),
+    403: (PermissionDeniedError, "the API key is valid but may not access this project"),
+    404: (NotFoundError, "check the ids and the base URL"),
+    429: (RateLimitError, "the API is rate limiting this key; slow down"),
 }
 
 
 def _error_class(status_code: int) -> type[APIError]:
-    if status_code >= 500:
-        return ServerError
-    return _ERROR_CLASSES.get(status_code, APIError)
+    return ServerError if status_code >= 500 else _STATUS_ERRORS.get(status_code, (APIError, None))[0]
 
 
 #: The classifier's verdicts: how a failed call may be tried again.
@@ -335,113 +286,104 @@ class _Closed:
 
 
 class _BadBody(Exception):
-    """Internal: an answer whose body we will not use; ``problem`` names why."""
+    """Internal: an answer whose body we will not use; ``problem`` is "too large",
+    "compressed", "truncated" or "unreadable"."""
 
     def __init__(self, problem: str, detail: str, content: bytes = b"") -> None:
         super().__init__(detail)
-        self.problem = problem  # "too large", "compressed", "truncated" or "unreadable"
-        self.content = content
+        self.problem, self.content = problem, content
 
 
 class _Cut(Exception):
-    """Internal: an attempt cut short by its deadline, by ``close()``, or with no time left."""
+    """Internal: an attempt cut short by its ``deadline``, by ``closed`` (the client's
+    close()), or not begun for ``no time`` left."""
 
     def __init__(self, why: str) -> None:
         super().__init__(why)
-        self.why = why  # "deadline", "closed" or "no time"
+        self.why = why
 
 
 def _classify(failure: Any, what: str, secrets: _Secrets, seconds: float,
               stream: bool = False) -> tuple[RakerOneError, str]:
     """The one place a failure becomes (our error, how it may be retried).
 
-    ``failure`` is an _Answer, a _Closed frame, a _BadBody, a _Cut, or whatever
-    requests, urllib3, ssl or websocket-client raised; HTTP calls, streams and
-    ``wait_for_run`` all act on this verdict and nothing else.
+    ``failure`` is an _Answer, a _Closed frame, a _BadBody, a _Cut, our own error, or
+    whatever requests, urllib3, ssl or websocket-client raised. HTTP calls, streams and
+    ``wait_for_run`` (through ``retryable``) act on this verdict and on nothing else.
     """
-    lost = StreamDisconnectedError if stream else APIConnectionError
     if isinstance(failure, RakerOneError):  # ours already (a setting, a refused message size)
-        return failure, _FINAL
-    if isinstance(failure, _Answer):
+        error, kind = failure, _FINAL
+    elif isinstance(failure, _Answer) and failure.status == 407:
+        error, kind = _proxy_refused(what, "HTTP 407"), _FINAL
+    elif isinstance(failure, _Answer):
         status = failure.status
-        if status == 407:
-            return ProxyAuthenticationError(
-                f"{what}: the proxy refused to carry the request (HTTP 407); check the proxy's "
-                "credentials (in https_proxy, or the session's proxies)"), _FINAL
-        error: RakerOneError = _answer_error(failure, what, secrets)
+        error = _answer_error(failure, what, secrets)
         kind = _ALWAYS if status in NOT_ACTED_STATUSES else _IF_SAFE if status in RETRYABLE_STATUSES else _FINAL
     elif isinstance(failure, _Closed):
-        return _close_error(failure)
+        error, kind = _close_error(failure)
     elif isinstance(failure, _BadBody):
-        error, kind = _body_error(failure, what, secrets)
-    elif isinstance(failure, _Cut):
-        if failure.why == "closed":
-            return lost(f"{what}: the client was closed during the call"), _FINAL
-        if failure.why == "no time":
-            return APITimeoutError(f"{what}: no time left before the deadline"), _FINAL
-        if stream:
-            return lost(f"{what}: the WebSocket handshake took longer than its {seconds:g} s timeout"), _IF_SAFE
-        error, kind = APITimeoutError(
-            f"{what} timed out after {seconds:g} s (the limit for connecting, sending and "
-            "reading the whole answer)"), _IF_SAFE
+        detail = f"{what}: {failure}"
+        if failure.problem in ("too large", "compressed"):
+            error_class = ResponseTooLargeError if failure.problem == "too large" else UnexpectedResponseError
+            error, kind = error_class(detail), _FINAL
+        elif failure.problem == "truncated":
+            error, kind = APIConnectionError(detail), _IF_SAFE
+        else:
+            error, kind = UnexpectedResponseError(f"{detail}: {secrets.excerpt(failure.content)!r}"), _IF_SAFE
     else:
-        error, kind = _network_error(failure, what, secrets.redact(_describe_network_error(failure)), lost)
+        error, kind = _network_error(failure, what, secrets, seconds, stream)
     error.retryable = kind != _FINAL
     return error, kind
 
 
-def _network_error(exc: BaseException, what: str, reason: str,
-                   lost: type[RakerOneError]) -> tuple[RakerOneError, str]:
-    """A network failure of requests, urllib3, ssl or websocket-client, and its verdict."""
-    import websocket
-
-    root = _root_cause(exc)
-    if (isinstance(exc, (requests.exceptions.ProxyError, OSError)) and re.search(r"\b407\b", reason)):
-        return ProxyAuthenticationError(
-            f"{what}: the proxy refused to carry the request ({reason}); check the proxy's "
-            "credentials (in https_proxy, or the session's proxies)"), _FINAL
-    if isinstance(exc, requests.exceptions.SSLError) or isinstance(root, ssl.SSLError):
+def _network_error(failure: BaseException, what: str, secrets: _Secrets, seconds: float,
+                   stream: bool) -> tuple[RakerOneError, str]:
+    """A failure to connect, send or read (a _Cut is the watchdog's), and its verdict."""
+    lost = StreamDisconnectedError if stream else APIConnectionError
+    if isinstance(failure, _Cut):
+        if failure.why != "deadline":
+            return lost(f"{what}: the client was closed during the call") if failure.why == "closed" else \
+                APITimeoutError(f"{what}: no time left before the deadline"), _FINAL
+        if stream:
+            return lost(f"{what}: the WebSocket handshake took longer than its {seconds:g} s timeout"), _IF_SAFE
+        return APITimeoutError(f"{what} timed out after {seconds:g} s (the limit for connecting, sending "
+                               "and reading the whole answer)"), _IF_SAFE
+    root = _root_cause(failure)
+    reason = secrets.redact(_reason(failure))
+    if isinstance(failure, (requests.exceptions.ProxyError, OSError)) and re.search(r"\b407\b", reason):
+        return _proxy_refused(what, reason), _FINAL
+    if isinstance(failure, requests.exceptions.SSLError) or (
+            isinstance(root, ssl.SSLError) and not isinstance(root, (ssl.SSLEOFError, ssl.SSLZeroReturnError))):
         detail = root.verify_message if isinstance(root, ssl.SSLCertVerificationError) else reason
-        return (StreamError if lost is StreamDisconnectedError else APIConnectionError)(
+        return (StreamError if stream else APIConnectionError)(
             f"{what}: TLS failed ({detail}); check verify= and the base URL"), _FINAL
-    if isinstance(exc, ValueError) and not isinstance(exc, requests.RequestException):
-        return StreamError(f"{what}: cannot use the stream's URL ({reason})"), _FINAL
-    if isinstance(root, urllib3.exceptions.NewConnectionError) or isinstance(
-            exc, (requests.exceptions.ConnectTimeout, ConnectionRefusedError)):
-        verb = "connect" if lost is StreamDisconnectedError else "reach the server"
-        return lost(f"{what}: could not {verb} ({reason})"), _ALWAYS
-    if isinstance(exc, (requests.exceptions.Timeout, websocket.WebSocketTimeoutException)) or isinstance(
+    if isinstance(failure, ValueError) and not isinstance(failure, requests.RequestException):
+        return StreamError(f"{what}: cannot use the stream's URL ({reason})"), _FINAL  # websocket-client's word
+    if isinstance(root, (urllib3.exceptions.NewConnectionError, ConnectionRefusedError)) or isinstance(
+            failure, requests.exceptions.ConnectTimeout):  # nothing was sent
+        return lost(f"{what}: could not {'connect' if stream else 'reach the server'} ({reason})"), _ALWAYS
+    if isinstance(failure, requests.exceptions.Timeout) or isinstance(
             root, (socket.timeout, urllib3.exceptions.ReadTimeoutError)):
-        return (lost if lost is StreamDisconnectedError else APITimeoutError)(
-            f"{what} timed out ({reason})"), _IF_SAFE
+        return (lost if stream else APITimeoutError)(f"{what} timed out ({reason})"), _IF_SAFE
     return lost(f"{what}: the connection failed ({reason})"), _IF_SAFE
 
 
-def _body_error(failure: _BadBody, what: str, secrets: _Secrets) -> tuple[RakerOneError, str]:
-    """A body we will not use: too large or compressed (final), truncated or unreadable."""
-    detail = f"{what}: {failure}"
-    if failure.problem == "truncated":
-        return APIConnectionError(detail), _IF_SAFE
-    if failure.problem == "unreadable":
-        return UnexpectedResponseError(f"{detail}: {secrets.excerpt(failure.content)!r}", status_code=200), _IF_SAFE
-    error_class = ResponseTooLargeError if failure.problem == "too large" else UnexpectedResponseError
-    return error_class(detail), _FINAL
+def _proxy_refused(what: str, reason: str) -> ProxyAuthenticationError:
+    return ProxyAuthenticationError(f"{what}: the proxy refused to carry the request ({reason}); check "
+                                    "the proxy's credentials (in https_proxy, or the session's proxies)")
 
 
 def _close_error(closed: _Closed) -> tuple[RakerOneError, str]:
-    """A close frame's error: restarts reconnect, "not allowed" codes read as HTTP statuses."""
+    """A close frame's error: restarts reconnect; "not allowed" codes read as HTTP statuses."""
     described = f"server closed the stream with {closed.code}" + (f" ({closed.reason})" if closed.reason else "")
     status = CLOSE_CODE_STATUS.get(closed.code)
     if status is None and 4000 <= closed.code < 5000:
         status = closed.code - 4000  # application codes read as 4000 + an HTTP status
     if closed.code in RECONNECT_CLOSE_CODES or status in RETRYABLE_STATUSES:
-        error: RakerOneError = StreamDisconnectedError(described)
-        return error, _ALWAYS
+        return StreamDisconnectedError(described), _ALWAYS
     if status is not None and 400 <= status < 600:
-        error = _error_class(status)(described, status_code=status)
-    else:
-        error = StreamError(described)
-    return error, _FINAL
+        return _error_class(status)(described, status_code=status), _FINAL
+    return StreamError(described), _FINAL
 
 
 def _answer_error(answer: _Answer, what: str, secrets: _Secrets) -> APIError:
@@ -452,62 +394,40 @@ def _answer_error(answer: _Answer, what: str, secrets: _Secrets) -> APIError:
         body = json.loads(text) if text.strip() else None
     except (ValueError, RecursionError):
         body = None
-    error_response = body if isinstance(body, dict) else {}
-    code = _optional_str(error_response.get("error"))
-    issues = error_response.get("issues")
+    fields = body if isinstance(body, dict) else {}
+    code, issues = _optional_str(fields.get("error")), fields.get("issues")
     issues = tuple(issues) if isinstance(issues, list) else ()
-    retry_after = _retry_after_seconds(headers)
-    parts = [f"{what} failed with HTTP {status}" + (f" ({code})" if code else "")]
-    detail = error_response.get("message") or error_response.get("detail")
-    if isinstance(detail, str):
-        parts.append(secrets.excerpt(detail, 300))
-    if issues:
-        parts.append("issues: " + secrets.excerpt(json.dumps(issues, default=str), 500))
-    if body is None and text.strip():
-        parts.append(f"the response was not JSON ({headers.get('Content-Type', 'unknown type')}): "
-                     f"{secrets.excerpt(text)!r}")
-    if status == 429 and retry_after is not None:
-        parts.append(f"retry after {retry_after:.0f} s")
+    detail, retry_after = fields.get("message") or fields.get("detail"), _retry_after_seconds(headers)
+    request_id = headers.get("X-Request-Id") or headers.get("Request-Id")
+    parts = [f"{what} failed with HTTP {status}" + (f" ({code})" if code else ""),
+             secrets.excerpt(detail, 300) if isinstance(detail, str) else "",
+             "issues: " + secrets.excerpt(json.dumps(issues, default=str), 500) if issues else "",
+             f"the response was not JSON ({headers.get('Content-Type', 'unknown type')}): "
+             f"{secrets.excerpt(text)!r}" if body is None and text.strip() else "",
+             f"retry after {retry_after:.0f} s" if status == 429 and retry_after is not None else ""]
     if status >= 500:
         parts.append("the RakerOne API had a problem; try again later")
     elif 300 <= status < 400:
-        parts.append(f"the API redirected to {secrets.excerpt(headers.get('Location', 'elsewhere'))}, "
-                     "not followed; check the base URL")
-    elif status in _ERROR_HINTS:
-        parts.append(_ERROR_HINTS[status])
-    request_id = headers.get("X-Request-Id") or headers.get("Request-Id")
-    if request_id:
-        parts.append(f"request id {secrets.excerpt(request_id, 100)}")
+        location = secrets.excerpt(headers.get("Location", "elsewhere"))
+        parts.append(f"the API redirected to {location}, not followed; check the base URL")
+    else:
+        parts.append(_STATUS_ERRORS.get(status, (APIError, ""))[1] or "")
+    parts.append(f"request id {secrets.excerpt(request_id, 100)}" if request_id else "")
     return _error_class(status)(
-        secrets.redact("; ".join(parts)), status_code=status, code=code, issues=issues,
+        secrets.redact("; ".join(filter(None, parts))), status_code=status, code=code, issues=issues,
         request_id=request_id, response=answer.response, body=body, retry_after=retry_after)
 
 
 def _retry_after_seconds(headers: Mapping[str, str]) -> Optional[float]:
     """``Retry-After`` as seconds from now (a number or an HTTP date), as urllib3 reads it."""
     value = headers.get("Retry-After")
-    if not value:
-        return None
     try:
-        seconds = float(value)  # urllib3 takes whole seconds only; "0.25" is common enough
-        return max(0.0, seconds) if seconds == seconds else None  # NaN is no answer
+        seconds = float(value or "nan")  # urllib3 takes whole seconds only; "0.25" is common enough
     except ValueError:
-        pass
-    try:
-        return float(urllib3.util.retry.Retry().parse_retry_after(value))
-    except (urllib3.exceptions.HTTPError, ValueError, TypeError, OverflowError):
+        with contextlib.suppress(urllib3.exceptions.HTTPError, ValueError, TypeError, OverflowError):
+            return float(urllib3.util.retry.Retry().parse_retry_after(value or ""))
         return None
-
-
-def _describe_network_error(exc: BaseException) -> str:
-    """A short reason for a network failure, without object reprs."""
-    reason: Any = exc
-    while reason.args and isinstance(reason.args[0], BaseException):
-        reason = reason.args[0]
-    reason = getattr(reason, "reason", reason)
-    text = re.sub(r"<[^>]*object at 0x[0-9a-f]+>:?\s*", "", str(reason))  # urllib3 1.26's
-    text = re.sub(r"\b\w*HTTPS?Connection\(host=[^)]*\):\s*", "", text)  # urllib3 2's
-    return text or type(reason).__name__
+    return max(0.0, seconds) if seconds == seconds else None  # NaN (or nothing) is no answer
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -518,6 +438,17 @@ def _root_cause(exc: BaseException) -> BaseException:
         if not isinstance(inner, BaseException) or inner is exc:
             return exc
         exc = inner
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason for a network failure, without object reprs."""
+    reason: Any = exc
+    while reason.args and isinstance(reason.args[0], BaseException):
+        reason = reason.args[0]
+    reason = getattr(reason, "reason", reason)
+    text = re.sub(r"<[^>]*object at 0x[0-9a-f]+>:?\s*", "", str(reason))  # urllib3 1.26's
+    text = re.sub(r"\b\w*HTTPS?Connection\(host=[^)]*\):\s*", "", text)  # urllib3 2's
+    return text or type(reason).__name__
 
 
 # -- Secrets ---------------------------------------------------------------------------
@@ -560,40 +491,33 @@ class _Secrets:
 
 # -- Models ----------------------------------------------------------------------------
 
-
 _FRACTION = re.compile(r"\.(\d+)")
 
 
 def _parse_timestamp(value: Any) -> Optional[datetime.datetime]:
-    """Read an ISO-8601 timestamp as an aware datetime; None when it does not parse.
-
-    Python 3.9's ``fromisoformat`` knows neither ``Z`` nor fractions other than 3 or
-    6 digits, so both are normalised. A timestamp without offset is UTC.
-    """
+    """Read an ISO-8601 timestamp as an aware datetime (UTC when it has no offset); None
+    when it does not parse. Python 3.9's ``fromisoformat`` knows neither ``Z`` nor
+    fractions other than 3 or 6 digits, so both are normalised."""
     if not isinstance(value, str):
         return None
     text = value.strip()
     text = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
-    try:
-        parsed = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        text = _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), text, count=1)
-        try:
-            parsed = datetime.datetime.fromisoformat(text)
-        except ValueError:
-            return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
-    return parsed
+    for attempt in (text, _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), text, count=1)):
+        with contextlib.suppress(ValueError):
+            parsed = datetime.datetime.fromisoformat(attempt)
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+    return None
 
 
 def _optional_str(value: Any) -> Optional[str]:
     """An id-like value as str: strings as they are, integers written out."""
     if isinstance(value, str):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return None
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _number_or_none(value: Any) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 class _WrongShape(TypeError):
@@ -604,6 +528,12 @@ def _require_mapping(data: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise _WrongShape(f"{what} must be a JSON object, not {type(data).__name__}")
     return data
+
+
+def _is_finished(raw: Mapping[str, Any], status: Optional[str]) -> bool:
+    """``finishedAt`` is set, or the status (case-insensitive, ``-`` and spaces read as
+    ``_``) is one of SUCCESS_STATUSES or FAILURE_STATUSES."""
+    return raw.get("finishedAt") not in (None, "") or _normalise_status(status) in SUCCESS_STATUSES | FAILURE_STATUSES
 
 
 def _normalise_status(status: Optional[str]) -> str:
@@ -625,20 +555,14 @@ class RunStep:
     def from_dict(cls, data: Mapping[str, Any]) -> RunStep:
         """Build a step from its JSON object; unknown fields stay in ``raw``."""
         data = _require_mapping(data, "a run step")
-        return cls(
-            step_id=_optional_str(data.get("stepId", data.get("id"))),
-            name=_optional_str(data.get("name")),
-            status=_optional_str(data.get("status")),
-            started_at=_parse_timestamp(data.get("startedAt")),
-            finished_at=_parse_timestamp(data.get("finishedAt")),
-            raw=dict(data),
-        )
+        return cls(step_id=_optional_str(data.get("stepId", data.get("id"))), name=_optional_str(data.get("name")),
+                   status=_optional_str(data.get("status")), started_at=_parse_timestamp(data.get("startedAt")),
+                   finished_at=_parse_timestamp(data.get("finishedAt")), raw=dict(data))
 
     @property
     def is_terminal(self) -> bool:
         """Whether the step has finished, by the rule of ``PlaybookRun.is_terminal``."""
-        status = _normalise_status(self.status)
-        return self.raw.get("finishedAt") not in (None, "") or status in SUCCESS_STATUSES | FAILURE_STATUSES
+        return _is_finished(self.raw, self.status)
 
 
 @attrs.frozen
@@ -665,33 +589,19 @@ class PlaybookRun:
     def from_dict(cls, data: Mapping[str, Any]) -> PlaybookRun:
         """Build a run from its JSON object (the ``run`` member of the response)."""
         data = _require_mapping(data, "a playbook run")
-        steps = data.get("steps")
-        metadata = data.get("metadata")
+        steps, metadata = data.get("steps"), data.get("metadata")
         return cls(
-            id=_optional_str(data.get("id")),
-            project_id=_optional_str(data.get("projectId")),
-            status=_optional_str(data.get("status")),
-            started_at=_parse_timestamp(data.get("startedAt")),
-            finished_at=_parse_timestamp(data.get("finishedAt")),
-            triggered_by=_optional_str(data.get("triggeredBy")),
-            steps=tuple(
-                RunStep.from_dict(step)
-                for step in (steps if isinstance(steps, list) else ())
-                if isinstance(step, Mapping)
-            ),
-            metadata=dict(metadata) if isinstance(metadata, Mapping) else {},
-            raw=dict(data),
-        )
+            id=_optional_str(data.get("id")), project_id=_optional_str(data.get("projectId")),
+            status=_optional_str(data.get("status")), started_at=_parse_timestamp(data.get("startedAt")),
+            finished_at=_parse_timestamp(data.get("finishedAt")), triggered_by=_optional_str(data.get("triggeredBy")),
+            steps=tuple(RunStep.from_dict(step) for step in (steps if isinstance(steps, list) else ())
+                        if isinstance(step, Mapping)),
+            metadata=dict(metadata) if isinstance(metadata, Mapping) else {}, raw=dict(data))
 
     @property
     def is_terminal(self) -> bool:
         """Whether the run has finished, well or not."""
-        status = _normalise_status(self.status)
-        return (
-            self.raw.get("finishedAt") not in (None, "")
-            or status in SUCCESS_STATUSES
-            or status in FAILURE_STATUSES
-        )
+        return _is_finished(self.raw, self.status)
 
     @property
     def succeeded(self) -> bool:
@@ -713,22 +623,12 @@ class WsTicket:
     def from_dict(cls, data: Mapping[str, Any]) -> WsTicket:
         """Build a ticket from the ``ws-ticket`` response; ``ticket`` is required."""
         data = _require_mapping(data, "a ws-ticket response")
-        ticket = data.get("ticket")
+        ticket, ws_url = data.get("ticket"), data.get("wsUrl")
         if not isinstance(ticket, str) or not ticket:
             raise _WrongShape("a ws-ticket response must carry a non-empty 'ticket' string")
-        expires_in = data.get("expiresInSeconds")
-        ws_url = data.get("wsUrl")
-        return cls(
-            ticket=ticket,
-            expires_at=_parse_timestamp(data.get("expiresAt")),
-            expires_in_seconds=(
-                float(expires_in)
-                if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool)
-                else None
-            ),
-            ws_url=ws_url if isinstance(ws_url, str) and ws_url else None,
-            raw=dict(data),
-        )
+        return cls(ticket=ticket, expires_at=_parse_timestamp(data.get("expiresAt")),
+                   expires_in_seconds=_number_or_none(data.get("expiresInSeconds")),
+                   ws_url=ws_url if isinstance(ws_url, str) and ws_url else None, raw=dict(data))
 
 
 @attrs.frozen
@@ -759,19 +659,10 @@ class Event:
         event_id = message.get("id")
         if event_id is None:
             event_id = message.get("eventId")
-        if "data" in message:
-            data = message["data"]
-        elif "payload" in message:
-            data = message["payload"]
-        else:
-            data = message
-        return cls(
-            type=event_type if type(event_type) is str else _optional_str(event_type),
-            id=event_id if type(event_id) is str else _optional_str(event_id),
-            data=data,
-            raw=message,
-            received_at=received_at,
-        )
+        data = message["data"] if "data" in message else message["payload"] if "payload" in message else message
+        return cls(type=event_type if type(event_type) is str else _optional_str(event_type),
+                   id=event_id if type(event_id) is str else _optional_str(event_id),
+                   data=data, raw=message, received_at=received_at)
 
 
 # -- Settings and validation -----------------------------------------------------------
@@ -786,22 +677,21 @@ def _checked_number(name: str, value: Any, *, whole: bool = False, zero: bool = 
     """The one check of every number a caller gives: a real int or float (never a bool),
     above 0 (or at least 0 with ``zero``), whole where it counts things, and at most a
     week where it is seconds (so NaN and infinity are refused too)."""
-    kinds = int if whole else (int, float)
-    if (isinstance(value, bool) or not isinstance(value, kinds) or not (value >= 0 if zero else value > 0)
-            or (seconds and not value <= MAX_SECONDS) or (not whole and not math.isfinite(value))):
+    if (isinstance(value, bool) or not isinstance(value, int if whole else (int, float))
+            or not (value >= 0 if zero else value > 0) or not (value <= MAX_SECONDS or not seconds)
+            or not math.isfinite(value)):
         what = "a whole number" if whole else "a number of seconds" if seconds else "a number"
-        bound = ">= 0" if zero else "> 0"
-        most = ", at most a week" if seconds else ""
-        raise ConfigurationError(f"{name} must be {what} {bound}{most}, not {value!r}")
+        raise ConfigurationError(f"{name} must be {what} {'>= 0' if zero else '> 0'}"
+                                 f"{', at most a week' if seconds else ''}, not {value!r}")
     return value if whole else float(value)
 
 
 def _check_timeout(timeout: Any) -> Timeout:
-    if isinstance(timeout, tuple):
-        if len(timeout) != 2:
-            raise ConfigurationError(f"timeout must be seconds or (connect, read), not {timeout!r}")
-        return (_checked_number("connect timeout", timeout[0]), _checked_number("read timeout", timeout[1]))
-    return cast(float, _checked_number("timeout", timeout))
+    if not isinstance(timeout, tuple):
+        return cast(float, _checked_number("timeout", timeout))
+    if len(timeout) != 2:
+        raise ConfigurationError(f"timeout must be seconds or (connect, read), not {timeout!r}")
+    return _checked_number("connect timeout", timeout[0]), _checked_number("read timeout", timeout[1])
 
 
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
@@ -810,40 +700,31 @@ _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 def _check_api_key(api_key: Any) -> str:
     """The key as given, or a ConfigurationError that explains (and never quotes) it."""
     if not isinstance(api_key, str) or not api_key.strip():
-        raise ConfigurationError(
-            f"no RakerOne API key: set the {API_KEY_ENV} environment variable "
-            "or pass api_key= to rakerone.Client"
-        )
-    if not _VISIBLE_ASCII.fullmatch(api_key):
-        position, char = next((i, c) for i, c in enumerate(api_key) if not _VISIBLE_ASCII.fullmatch(c))
-        raise ConfigurationError(
-            f"the API key has an unusable character at position {position + 1} "
-            f"(U+{ord(char):04X}): a key is visible ASCII only, without spaces or line "
-            "breaks; check how it was copied or set"
-        )
+        raise ConfigurationError(f"no RakerOne API key: set the {API_KEY_ENV} environment variable "
+                                 "or pass api_key= to rakerone.Client")
+    for position, char in enumerate(api_key, 1):
+        if not _VISIBLE_ASCII.fullmatch(char):
+            raise ConfigurationError(
+                f"the API key has an unusable character at position {position} (U+{ord(char):04X}): a key "
+                "is visible ASCII only, without spaces or line breaks; check how it was copied or set")
     return api_key
 
 
 def _check_user_agent(user_agent: Any) -> Optional[str]:
-    if user_agent is None:
-        return None
-    if (not isinstance(user_agent, str) or not re.fullmatch(r"[\x20-\x7e]+", user_agent)
-            or user_agent != user_agent.strip()):
-        raise ConfigurationError(
-            "user_agent must be printable ASCII on one line, without surrounding spaces, "
-            f"such as 'my-app/1.2'; got {user_agent!r}")
+    if user_agent is not None and (not isinstance(user_agent, str) or user_agent != user_agent.strip()
+                                   or not re.fullmatch(r"[\x20-\x7e]+", user_agent)):
+        raise ConfigurationError("user_agent must be printable ASCII on one line, without surrounding "
+                                 f"spaces, such as 'my-app/1.2'; got {user_agent!r}")
     return user_agent
 
 
 def _is_loopback(host: Optional[str]) -> bool:
     """Only names that never leave the machine: ``localhost`` and loopback literals
     (``foo.localhost`` is resolved through DNS, so it does not count)."""
-    if host is None:
-        return False
-    if host.lower() in ("localhost", "localhost."):
+    if host is not None and host.lower() in ("localhost", "localhost."):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host or "").is_loopback
     except ValueError:
         return False
 
@@ -859,26 +740,20 @@ def _check_base_url(base_url: Any, allow_insecure_http: bool) -> str:
     except ValueError as exc:
         raise ConfigurationError(f"base_url {base_url!r} is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not host:
-        raise ConfigurationError(
-            f"base_url must be an http(s) URL with a host, such as {DEFAULT_BASE_URL!r}; "
-            f"got {_Secrets(None).redact(base_url)!r}"
-        )
+        raise ConfigurationError(f"base_url must be an http(s) URL with a host, such as {DEFAULT_BASE_URL!r}; "
+                                 f"got {_Secrets(None).redact(base_url)!r}")
     if parts.username or parts.password or parts.query or parts.fragment:
-        raise ConfigurationError(
-            "base_url must not carry credentials, a query or a fragment; "
-            f"pass the key as api_key= or {API_KEY_ENV}"
-        )
+        raise ConfigurationError("base_url must not carry credentials, a query or a fragment; "
+                                 f"pass the key as api_key= or {API_KEY_ENV}")
     if parts.scheme == "http" and not _is_loopback(host) and not allow_insecure_http:
-        raise ConfigurationError(
-            f"refusing plain-http base_url to {host}: the API key would cross the network "
-            "in clear; use https, or pass allow_insecure_http=True if you really mean it"
-        )
+        raise ConfigurationError(f"refusing plain-http base_url to {host}: the API key would cross the network "
+                                 "in clear; use https, or pass allow_insecure_http=True if you really mean it")
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
 @attrs.frozen
 class _Settings:
-    """A client's settings, checked: everything the transport needs besides the session."""
+    """A client's settings, checked, with the environment's defaults."""
 
     api_key: str = attrs.field(repr=False)
     base_url: str
@@ -892,25 +767,18 @@ class _Settings:
     @classmethod
     def checked(cls, api_key: Any, base_url: Any, timeout: Any, max_retries: Any, verify: Any,
                 user_agent: Any, allow_insecure_http: Any, max_response_bytes: Any) -> _Settings:
-        """Check what the caller gave, with the environment's defaults; ConfigurationError if unusable."""
         if not (verify is None or isinstance(verify, bool) or (isinstance(verify, str) and os.path.exists(verify))):
             raise ConfigurationError(f"verify must be True, False or an existing CA bundle path, not {verify!r}")
         agent = " ".join(filter(None, [
             _check_user_agent(user_agent), f"rakerone-python/{__version__}",
             f"python/{platform.python_version()}", f"requests/{getattr(requests, '__version__', 'unknown')}"]))
+        base_url = base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
         return cls(
             api_key=_check_api_key(api_key if api_key is not None else os.environ.get(API_KEY_ENV)),
-            base_url=_check_base_url(
-                base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
-                bool(allow_insecure_http)),
-            timeout=_check_timeout(timeout),
+            base_url=_check_base_url(base_url, bool(allow_insecure_http)), timeout=_check_timeout(timeout),
             max_retries=_checked_number("max_retries", max_retries, whole=True, zero=True, seconds=False),
-            verify=verify,
-            user_agent=agent,
-            allow_insecure_http=bool(allow_insecure_http),
-            max_response_bytes=_checked_number("max_response_bytes", max_response_bytes, whole=True,
-                                               seconds=False),
-        )
+            verify=verify, user_agent=agent, allow_insecure_http=bool(allow_insecure_http),
+            max_response_bytes=_checked_number("max_response_bytes", max_response_bytes, whole=True, seconds=False))
 
     @property
     def attempt_seconds(self) -> float:
@@ -920,25 +788,23 @@ class _Settings:
 
 @attrs.frozen
 class _StreamSettings:
-    """A stream's options, checked."""
+    """A stream's options, checked (``max_outage`` 0: never reconnect)."""
 
     ping_interval: float = DEFAULT_PING_INTERVAL
     ping_timeout: float = DEFAULT_PING_TIMEOUT
     idle_timeout: Optional[float] = None
-    #: Seconds without a working connection before the stream gives up; 0: never reconnect.
     max_outage: float = DEFAULT_MAX_OUTAGE
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     @classmethod
-    def checked(cls, *, max_outage: Any, max_message_bytes: Any, ping_interval: Any,
-                ping_timeout: Any, idle_timeout: Any) -> _StreamSettings:
+    def checked(cls, max_outage: Any, max_message_bytes: Any, ping_interval: Any, ping_timeout: Any,
+                idle_timeout: Any) -> _StreamSettings:
         return cls(
             max_outage=_checked_number("max_outage", max_outage, zero=True),
             max_message_bytes=_checked_number("max_message_bytes", max_message_bytes, whole=True, seconds=False),
             ping_interval=_checked_number("ping_interval", ping_interval),
             ping_timeout=_checked_number("ping_timeout", ping_timeout),
-            idle_timeout=None if idle_timeout is None else _checked_number("idle_timeout", idle_timeout),
-        )
+            idle_timeout=None if idle_timeout is None else _checked_number("idle_timeout", idle_timeout))
 
 
 def _path_segment(name: str, value: Any) -> str:
@@ -947,10 +813,8 @@ def _path_segment(name: str, value: Any) -> str:
         value = str(value)
     if not isinstance(value, str):
         raise ConfigurationError(f"{name} must be a str, int or UUID, not {type(value).__name__}")
-    if not value.strip():
-        raise ConfigurationError(f"{name} must not be empty")
-    if value in (".", ".."):
-        raise ConfigurationError(f"{name} {value!r} is not a valid id")
+    if not value.strip() or value in (".", ".."):
+        raise ConfigurationError(f"{name} must not be empty" if not value.strip() else f"{name} {value!r} is not a valid id")
     return quote(value, safe="")
 
 
@@ -975,9 +839,8 @@ def _fill_path(template: Any, ids: tuple[Any, ...]) -> str:
         raise ConfigurationError(
             f"path {template!r} has {len(literals) - 1} '{{}}' placeholder(s) but {len(ids)} id(s) were given")
     if not all(_PATH_TEXT.fullmatch(literal) for literal in literals):
-        raise ConfigurationError(
-            f"path {template!r} may hold only URL path characters and '{{}}' placeholders; "
-            "pass the query as params= and ids as arguments")
+        raise ConfigurationError(f"path {template!r} may hold only URL path characters and '{{}}' placeholders; "
+                                 "pass the query as params= and ids as arguments")
     segments = [_path_segment(f"id {number}", value) for number, value in enumerate(ids, 1)]
     path = literals[0] + "".join(segment + literal for segment, literal in zip(segments, literals[1:]))
     if any(unquote(segment) in (".", "..") for segment in path.split("/")):
@@ -1004,11 +867,8 @@ class _Clock:
     """The time every budget, backoff and deadline reads. Tests replace the module's
     ``_clock`` with one whose ``sleep`` skips ahead instead of waiting."""
 
-    def now(self) -> float:
-        return time.monotonic()
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
+    now = staticmethod(time.monotonic)
+    sleep = staticmethod(time.sleep)
 
 
 _clock = _Clock()
@@ -1054,23 +914,18 @@ class _Deadline:
 
 
 _NO_DEADLINE = _Deadline()
-_ambient_deadline: contextvars.ContextVar[_Deadline] = contextvars.ContextVar("rakerone_deadline",
-                                                                               default=_NO_DEADLINE)
+_ambient_deadline = contextvars.ContextVar("rakerone_deadline", default=_NO_DEADLINE)
 
 
 class _Attempt:
-    """One watched piece of network work, and how to cut it short.
-
-    ``sock`` is its socket, as our connections report it the moment it exists, or
-    else ``connection`` holds it: a WebSocket (``.sock``), or the urllib3 response of
-    a session's own adapter (urllib3 2.3+ can ``shutdown()`` it).
-    """
+    """One watched piece of network work, and how to cut it short: ``sock`` as our
+    connections report it the moment it exists, or else ``connection`` holds it (a
+    WebSocket's ``.sock``, or the urllib3 response of a session's own adapter)."""
 
     __slots__ = ("deadline", "owner", "sock", "connection", "cut", "reused")
 
     def __init__(self, deadline: _Deadline, owner: object) -> None:
-        self.deadline = deadline
-        self.owner = owner  # the transport, whose close() cuts it
+        self.deadline, self.owner = deadline, owner  # owner: the transport, whose close() cuts it
         self.sock: Optional[socket.socket] = None
         self.connection: Any = None
         self.cut: Optional[str] = None  # "deadline" or "closed", once cut
@@ -1080,21 +935,19 @@ class _Attempt:
         """Unblock whatever is reading (a close alone would not)."""
         self.cut = why
         sock = self.sock if self.sock is not None else getattr(self.connection, "sock", None)
-        try:
+        with contextlib.suppress(OSError, ValueError, RuntimeError):  # already closed, or released
             if sock is not None:
                 sock.shutdown(socket.SHUT_RDWR)
             elif callable(getattr(self.connection, "shutdown", None)):
                 self.connection.shutdown()
-        except (OSError, ValueError, RuntimeError):  # already closed, or already released
-            pass
 
 
 class _Watchdog:
     """The process's one thread that cuts attempts still running at their deadline.
 
-    Started by the first attempt, gone within twice ``IDLE_EXIT`` seconds of the last
-    one's end; a new one is built in a forked child (see _after_fork). Registering costs
-    a lock, and a wake-up only for a deadline sooner than the thread's next.
+    Started by the first attempt, gone within twice IDLE_EXIT seconds of the last one's
+    end, built anew in a forked child (_after_fork). Registering costs a lock, and a
+    wake-up only for a deadline sooner than the thread's next.
     """
 
     IDLE_EXIT = 2.0
@@ -1113,9 +966,8 @@ class _Watchdog:
                 try:
                     thread.start()
                 except RuntimeError as exc:  # a process or memory limit: the next call tries again
-                    raise APIConnectionError(
-                        f"could not start the thread that enforces timeouts ({exc}); the call was not "
-                        "sent: is the process at its thread limit?") from None
+                    raise APIConnectionError(f"could not start the thread that enforces timeouts ({exc}); the "
+                                             "call was not sent: is the process at its thread limit?") from None
                 self._running = True
             self._attempts.add(attempt)
             if attempt.deadline.at < self._wake_at:
@@ -1145,8 +997,8 @@ class _Watchdog:
                 elif now - idle_since >= self.IDLE_EXIT:
                     self._running, self._wake_at = False, math.inf
                     return
-                # Awake at least every IDLE_EXIT seconds: a call's end wakes no one, yet the
-                # thread must notice it has nothing left to watch.
+                # Awake at least every IDLE_EXIT seconds: the end of a call wakes no one, yet
+                # the thread must notice it has nothing left to watch.
                 self._wake_at = min(min((a.deadline.at for a in self._attempts), default=math.inf),
                                     now + self.IDLE_EXIT)
                 self._condition.wait(max(self._wake_at - now, 0.001))
@@ -1170,49 +1022,44 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
 
-def _forked_stream_error() -> StreamError:
-    return StreamError("this stream was opened before fork(): a stream cannot be carried into a "
-                       "child process; open a new one there (the parent's is left untouched)")
-
-
 def _backoff(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with full jitter: a random wait up to base * 2**attempt."""
     return random.uniform(0, min(cap, base * 2 ** min(attempt, 32)))
 
+
 # -- Transport -------------------------------------------------------------------------
 
-#: The attempt the current thread is making, for the connections below to report to.
+#: The attempt the current thread is making, for our connections and pools to report to.
 _current = threading.local()
 
 
-def _report_socket(sock: socket.socket, *, reused: bool) -> None:
-    attempt = getattr(_current, "attempt", None)
-    if attempt is not None:
-        attempt.sock = sock
-        attempt.reused = reused
-
-
 class _ReportingConnectionMixin:
-    """Tells the current attempt which socket carries it: as soon as a new one is
-    connected (before any proxy tunnel, which could drip too), and each time a pooled
-    one is reused (then also that it is reused)."""
+    """Tells the current attempt which socket carries it: as soon as a new one exists
+    (before any proxy tunnel or TLS, which could drip too), and each time a pooled one
+    is reused (then also that it is reused)."""
 
     _rakerone_used_sock: Optional[socket.socket] = None
 
     # urllib3's only point where a new socket exists before any tunnel or TLS: no public hook has it.
     def _new_conn(self) -> socket.socket:
         sock: socket.socket = super()._new_conn()  # type: ignore[misc]
-        _report_socket(sock, reused=False)
+        self._report(sock, reused=False)
         return sock
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
         sock = self.sock  # type: ignore[attr-defined]
         if sock is not None:  # connected: by urllib3 just now (TLS), or by an earlier request
-            _report_socket(sock, reused=sock is self._rakerone_used_sock)
+            self._report(sock, reused=sock is self._rakerone_used_sock)
         try:
             return super().request(*args, **kwargs)  # type: ignore[misc]
         finally:
             self._rakerone_used_sock = self.sock  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _report(sock: socket.socket, reused: bool) -> None:
+        attempt = getattr(_current, "attempt", None)
+        if attempt is not None:
+            attempt.sock, attempt.reused = sock, reused
 
 
 class _WatchedPoolMixin:
@@ -1268,8 +1115,8 @@ class _TransportAdapter(requests.adapters.HTTPAdapter):
 
 
 class _BearerAuth(requests.auth.AuthBase):
-    """Adds the API key per request, so a session passed in is never altered, and
-    requests drops it on a redirect to another host."""
+    """Adds the API key per request (so a session passed in is never altered, and a
+    ``~/.netrc`` entry cannot replace it); its repr hides it."""
 
     def __init__(self, api_key: str) -> None:
         self._header = f"Bearer {api_key}"
@@ -1308,15 +1155,22 @@ def _as_http(url: str) -> str:
     return "http" + url[2:] if url[:3].lower() in ("ws:", "wss") else url
 
 
+def _peer_closed(exc: requests.ConnectionError) -> bool:
+    """Whether the server had closed the connection as we sent (no answer came)."""
+    root = _root_cause(exc)  # urllib3's ProtocolError("Connection aborted.", cause)
+    return any(isinstance(part, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError))
+               for part in (root, *root.args))
+
+
 def _is_framed(response: requests.Response) -> bool:
     """Whether the answer's end is marked (a length, or chunks): a cut cannot pass for it."""
     headers = response.headers
     return "Content-Length" in headers or "chunked" in headers.get("Transfer-Encoding", "").lower()
 
 
-def _check_tls_files(route: Mapping[str, Any]) -> None:
-    """A CA bundle or client certificate that does not exist is a ConfigurationError now,
-    not an OSError from deep inside requests."""
+def _check_route(origin: str, route: Mapping[str, Any], allow_insecure_http: bool) -> None:
+    """Refuse, before any traffic, a CA bundle or certificate file that does not exist, and
+    a cleartext route through a proxy beyond this machine."""
     verify, cert = route["verify"], route["cert"]
     files = [("CA bundle (verify, or REQUESTS_CA_BUNDLE)", verify if isinstance(verify, str) else None)]
     if isinstance(cert, str):
@@ -1326,36 +1180,20 @@ def _check_tls_files(route: Mapping[str, Any]) -> None:
     for what, name in files:
         if name and not os.path.exists(name):
             raise ConfigurationError(f"the {what} {name!r} does not exist")
-
-
-def _stream_tls_context(route: Mapping[str, Any]) -> ssl.SSLContext:
-    """A stream's TLS context on the route requests chose: urllib3's defaults, the same
-    trust (CA bundle, or none with verify=False) and the same client certificate."""
-    verify, cert = route["verify"], route["cert"]
-    context = urllib3.util.ssl_.create_urllib3_context(
-        cert_reqs=ssl.CERT_NONE if verify is False else ssl.CERT_REQUIRED)
-    context.check_hostname = verify is not False  # urllib3 1.26 leaves it off (it checks names itself)
-    if verify is not False:
-        bundle = requests.certs.where() if verify in (True, None) else verify  # type: ignore[attr-defined]
-        if os.path.isdir(bundle):
-            context.load_verify_locations(capath=bundle)
-        else:
-            context.load_verify_locations(cafile=bundle)
-    if isinstance(cert, str):
-        context.load_cert_chain(cert)
-    elif isinstance(cert, (tuple, list)) and len(cert) == 2:
-        context.load_cert_chain(cert[0], cert[1])
-    return context
-
-
-_SOCKET_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
+    proxy = requests.utils.select_proxy(origin, dict(route["proxies"]))
+    proxy_host = proxy and urlsplit(proxy if "://" in proxy else "http://" + proxy).hostname
+    if origin.startswith("http:") and proxy and not _is_loopback(proxy_host) and not allow_insecure_http:
+        raise ConfigurationError(
+            f"refusing to send credentials in clear to {urlsplit(origin).hostname} through the proxy at "
+            f"{proxy_host}: use an https base URL, exempt the host with no_proxy, or pass "
+            "allow_insecure_http=True if you really mean it")
 
 
 class _Transport:
     """The only code that touches requests, urllib3 and websocket-client: one session,
     one route decision (proxies, trust, certificate) for HTTP and streams alike, calls
     with retries and a body limit, and the sockets streams run on. Every failure leaves
-    as the classifier's verdict."""
+    as the classifier's verdict (_Failed)."""
 
     def __init__(self, settings: _Settings, session: Optional[requests.Session]) -> None:
         if session is not None and not isinstance(session, requests.Session):
@@ -1373,7 +1211,7 @@ class _Transport:
         self._session = session
         self._generation = _forks
         self._routes: dict[tuple[Any, ...], dict[str, Any]] = {}
-        self.route(settings.base_url)  # refuse a cleartext route through a remote proxy now
+        self.route(settings.base_url)  # refuse an unusable route now
 
     def close(self) -> None:
         _watchdog.cut_all(self)
@@ -1383,8 +1221,7 @@ class _Transport:
     def call(self, method: str, path: str, *, params: Optional[Mapping[str, Any]] = None,
              body: Any = None, resend_unsafe: bool = False) -> Any:
         """Send one API request with retries; its decoded JSON body (None when empty)."""
-        what = f"{method} {path}"
-        may_resend = resend_unsafe or method in IDEMPOTENT_METHODS
+        what, may_resend = f"{method} {path}", resend_unsafe or method in IDEMPOTENT_METHODS
         attempt = 0
         while True:
             try:
@@ -1393,10 +1230,9 @@ class _Transport:
                 failure = failed
             delay = self._retry_delay(attempt, failure, may_resend)
             if delay is None:
-                error = failure.error
-                if attempt and isinstance(error, APIConnectionError):
-                    error.args = (f"{error} (after {attempt + 1} attempts)",)
-                raise error from failure.cause
+                if attempt and isinstance(failure.error, APIConnectionError):
+                    failure.error.args = (f"{failure.error} (after {attempt + 1} attempts)",)
+                raise failure.error from failure.cause
             # The message, not the error: a handler keeping records would keep its response alive.
             logger.info("%s: %s; retry %d of %d in %.2f s", what, str(failure.error), attempt + 1,
                         self.settings.max_retries, delay)
@@ -1405,9 +1241,8 @@ class _Transport:
 
     def _retry_delay(self, attempt: int, failure: _Failed, may_resend: bool) -> Optional[float]:
         """How long to wait before the next attempt, or None to give up now."""
-        if failure.kind == _FINAL or attempt >= self.settings.max_retries:
-            return None
-        if failure.kind == _IF_SAFE and not may_resend:
+        if failure.kind == _FINAL or attempt >= self.settings.max_retries or (
+                failure.kind == _IF_SAFE and not may_resend):
             return None
         retry_after = getattr(failure.error, "retry_after", None)
         if retry_after is not None and retry_after > RETRY_AFTER_CAP:
@@ -1417,18 +1252,16 @@ class _Transport:
 
     def _attempt(self, method: str, path: str, what: str, params: Optional[Mapping[str, Any]],
                  body: Any, may_resend: bool) -> Any:
-        """One exchange, bounded end to end by the watchdog; its decoded JSON body.
-
-        Failures leave as _Failed, built outside the except blocks, so that no exception
-        context can carry a secret along.
-        """
+        """One exchange, bounded end to end by the watchdog; its decoded JSON body. Failures
+        leave as _Failed, built outside the except blocks (no context carries a secret)."""
         self._check_fork()
         deadline = _Deadline.ambient().sooner(self.settings.attempt_seconds)
         if deadline.expired:
             raise self._failed(_Cut("no time"), what)
-        prepared = self._prepare(method, path, params, body)
-        route = self.route(self.settings.base_url)
-        attempt = _Attempt(deadline, self)
+        prepared = self._session.prepare_request(requests.Request(  # your session's headers, cookies, hooks
+            method, self.settings.base_url + path, headers=self._headers, auth=self._auth, params=params, json=body))
+        prepared.hooks["response"].append(_stop_at_redirect)  # after the session's own hooks
+        route, attempt = self.route(self.settings.base_url), _Attempt(deadline, self)
         failure: Optional[Exception] = None
         response: Optional[requests.Response] = None
         content = b""
@@ -1460,75 +1293,54 @@ class _Transport:
         error, kind = _classify(failure, what, self.secrets, self.settings.attempt_seconds, stream)
         return _Failed(error, kind, failure if isinstance(failure, requests.RequestException) else None)
 
-    def _prepare(self, method: str, path: str, params: Optional[Mapping[str, Any]],
-                 body: Any) -> requests.PreparedRequest:
-        """The request as your session prepares it (its headers, cookies, auth, hooks)."""
-        prepared = self._session.prepare_request(requests.Request(
-            method, self.settings.base_url + path, headers=self._headers, auth=self._auth,
-            params=params, json=body))
-        prepared.hooks["response"].append(_stop_at_redirect)  # after the session's own hooks
-        return prepared
-
     def _send(self, prepared: requests.PreparedRequest, route: dict[str, Any], attempt: _Attempt,
               may_resend: bool, what: str) -> requests.Response:
-        """Send; once more at once, on another connection, if a request safe to repeat met
-        a pooled connection the server had just closed (no answer came: counted as no
-        retry, it keeps the attempt's deadline)."""
-        try:
-            return self._session_send(prepared, route, attempt)
-        except requests.ConnectionError as exc:
-            root = _root_cause(exc)  # urllib3's ProtocolError("Connection aborted.", cause)
-            closed = any(isinstance(part, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError))
-                         for part in (root, *root.args))
-            if not (closed and attempt.reused and may_resend and attempt.cut is None):
-                raise
-        logger.debug("%s: the server had closed the pooled connection; resending on a new one", what)
-        _watchdog.watch(attempt)  # giving the closed connection back unwatched it
-        return self._session_send(prepared, route, attempt)
-
-    def _session_send(self, prepared: requests.PreparedRequest, route: dict[str, Any],
-                      attempt: _Attempt) -> requests.Response:
-        left = attempt.deadline.remaining()
-        timeout = self.settings.timeout
-        timeout = (min(timeout[0], left), min(timeout[1], left)) if isinstance(timeout, tuple) else min(timeout, left)
-        try:
-            return self._session.send(prepared, allow_redirects=False, stream=True, timeout=timeout, **route)
-        except _Redirected as redirected:
-            return redirected.response
-        except requests.HTTPError as raised:  # a session hook's raise_for_status()
-            if raised.response is None:
-                raise
-            return raised.response  # judged like any other answer
+        """Send as your session does, redirects off, the body left unread; once more at once
+        on a new connection if a request safe to repeat met a pooled connection the server
+        had just closed (no answer came: counted as no retry, it keeps the deadline)."""
+        for resending in (False, True):
+            left, timeout = attempt.deadline.remaining(), self.settings.timeout
+            try:
+                return self._session.send(prepared, allow_redirects=False, stream=True, **route, timeout=(
+                    (min(timeout[0], left), min(timeout[1], left)) if isinstance(timeout, tuple) else min(timeout, left)))
+            except _Redirected as redirected:
+                return redirected.response
+            except requests.HTTPError as raised:  # a session hook's raise_for_status(): judged as any answer
+                if raised.response is None:
+                    raise
+                return raised.response
+            except requests.ConnectionError as exc:
+                if resending or not (attempt.reused and may_resend and attempt.cut is None and _peer_closed(exc)):
+                    raise
+            logger.debug("%s: the server had closed the pooled connection; resending on a new one", what)
+            _watchdog.watch(attempt)  # giving the closed connection back unwatched it
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _read_body(self, response: requests.Response, method: str) -> bytes:
-        """The whole body, refused unread when compressed or over the size limit (an
-        error page is read only as far as its message needs, and not when compressed)."""
-        status = response.status_code
-        if method == "HEAD" or status in (204, 304):
-            return b""
-        error_page = status >= 300
+        """The whole body, refused unread when compressed or over the size limit (an error
+        page is read only as far as its message needs, and not when compressed)."""
+        status, limit = response.status_code, self.settings.max_response_bytes
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if method == "HEAD" or status in (204, 304) or (status >= 300 and encoding not in ("", "identity")):
+            return b""  # no body; or a compressed error page, judged by its status (a proxy's gzip 503)
         if encoding not in ("", "identity"):
-            if error_page:
-                return b""  # the status says what went wrong (a proxy's gzip 503)
             raise _BadBody("compressed", f"answered HTTP {status} with a {encoding!r}-compressed body "
                            "although the client asked for none; refusing to decompress it")
-        limit = min(self.settings.max_response_bytes, ERROR_PAGE_BYTES) if error_page else self.settings.max_response_bytes
         length = response.headers.get("Content-Length", "")
-        too_large = (f"the response {{}}, over the client's max_response_bytes of "
-                     f"{self.settings.max_response_bytes:,}; refused unread")
-        if length.isdigit() and int(length) > limit and not error_page:
+        too_large = f"the response {{}}, over the client's max_response_bytes of {limit:,}; refused unread"
+        if length.isdigit() and int(length) > limit and status < 300:
             raise _BadBody("too large", too_large.format(f"announced {int(length):,} bytes"))
+        limit = min(limit, ERROR_PAGE_BYTES) if status >= 300 else limit
         chunks, size = [], 0
         for chunk in response.iter_content(64 * 1024):
             size += len(chunk)
+            if size > limit and status >= 300:
+                break  # an excerpt is all an error message needs
             if size > limit:
-                if error_page:
-                    break  # an excerpt is all an error message needs
                 raise _BadBody("too large", too_large.format(f"sent more than {limit:,} bytes"))
             chunks.append(chunk)
         content = b"".join(chunks)
-        if length.isdigit() and len(content) < int(length) and not error_page:
+        if length.isdigit() and len(content) < int(length) and status < 300:
             raise _BadBody("truncated", f"the connection closed after {len(content):,} of {int(length):,} bytes")
         return content
 
@@ -1547,8 +1359,7 @@ class _Transport:
         """The error answer as errors keep it: read, and without the key in its request."""
         kept = requests.Response()
         kept.status_code, kept.reason, kept.encoding = response.status_code, response.reason, response.encoding
-        kept.headers, kept.url = response.headers, self.secrets.redact(response.url or "")
-        kept.raw = io.BytesIO(content)
+        kept.headers, kept.url, kept.raw = response.headers, self.secrets.redact(response.url or ""), io.BytesIO(content)
         if response.request is not None:
             kept.request = response.request.copy()
             kept.request.headers["Authorization"] = "Bearer ***"
@@ -1557,9 +1368,8 @@ class _Transport:
 
     def route(self, url: str) -> dict[str, Any]:
         """Proxies, TLS trust and client certificate for a URL, as requests merges the
-        session's settings and the environment; an explicit ``verify=`` wins. Read once
-        per origin and session state (scanning the environment is a third of a call);
-        a cleartext route through a proxy beyond this machine is refused."""
+        session's settings and the environment; an explicit ``verify=`` wins. Read once per
+        origin and session state (scanning the environment is a third of a call)."""
         session, verify = self._session, self.settings.verify
         origin = "/".join(_as_http(url).split("/", 3)[:3])
         key = (origin, session.trust_env, tuple(sorted(session.proxies.items())), session.verify, session.cert)
@@ -1568,23 +1378,11 @@ class _Transport:
             merged = session.merge_environment_settings(origin, {}, None, verify, None)
             route = {"proxies": merged["proxies"], "verify": merged["verify"] if verify is None else verify,
                      "cert": merged["cert"]}
-            self._check_cleartext_route(origin, route["proxies"])
-            _check_tls_files(route)
+            _check_route(origin, route, self.settings.allow_insecure_http)
             if len(self._routes) >= 64:
                 self._routes.clear()
             self._routes[key] = route
         return route
-
-    def _check_cleartext_route(self, origin: str, proxies: Mapping[str, str]) -> None:
-        if not origin.startswith("http:") or self.settings.allow_insecure_http:
-            return
-        proxy = requests.utils.select_proxy(origin, dict(proxies))
-        proxy_host = proxy and urlsplit(proxy if "://" in proxy else "http://" + proxy).hostname
-        if proxy and not _is_loopback(proxy_host):
-            raise ConfigurationError(
-                f"refusing to send credentials in clear to {urlsplit(origin).hostname} through the "
-                f"proxy at {proxy_host}: use an https base URL, exempt the host with no_proxy, "
-                "or pass allow_insecure_http=True if you really mean it")
 
     def _check_fork(self) -> None:
         """In a forked child: let go of the pooled connections inherited from the parent
@@ -1594,22 +1392,6 @@ class _Transport:
                 adapter.close()
             self._generation = _forks
 
-    def stream_url(self, path: str, ticket: WsTicket) -> str:
-        """The ticket's ``wsUrl``, or else ``<base>/…/ws?ticket=`` with ws(s); never a
-        cleartext URL where the base URL would not be allowed one."""
-        url = ticket.ws_url or f"{self.settings.base_url}{path}/ws?ticket={quote(ticket.ticket, safe='')}"
-        parts = urlsplit(url)
-        scheme = _SOCKET_SCHEMES.get(parts.scheme.lower())
-        if scheme is None or not parts.hostname:
-            raise StreamError(f"the ticket's wsUrl is not a ws(s) URL: {self.secrets.redact(url)!r}")
-        if scheme == "ws" and self.settings.base_url.startswith("https:"):
-            raise StreamError("refusing the ticket's wsUrl: it downgrades https to plain ws, "
-                              "which would send the ticket and events in clear")
-        if scheme == "ws" and not _is_loopback(parts.hostname) and not self.settings.allow_insecure_http:
-            raise StreamError(f"refusing the ticket's plain-ws wsUrl to {parts.hostname}: the ticket would "
-                              "cross the network in clear; pass allow_insecure_http=True if you really mean it")
-        return urlunsplit((scheme,) + tuple(parts[1:]))
-
     def open_stream(self, url: str, what: str) -> Any:
         """A WebSocket on ``url``, opened within the client's timeout (and the ambient
         deadline): TCP, any proxy tunnel and TLS by urllib3's connection, watched from the
@@ -1618,17 +1400,16 @@ class _Transport:
 
         self._check_fork()
         route = self.route(url)
-        proxy = self._stream_proxy(url, route)
+        proxy = _stream_proxy(url, route, self.secrets)
         deadline = _Deadline.ambient().sooner(self.settings.attempt_seconds)
         ws = _read_ahead_websocket_class()(skip_utf8_validation=True, enable_multithread=False)
-        attempt = _Attempt(deadline, self)
+        attempt, failure = _Attempt(deadline, self), None
         attempt.connection = ws
-        failure: Any = None
         logger.debug("%s: connecting to %s", what, self.secrets.redact(url))
         _watchdog.watch(attempt)
         _current.attempt = attempt
         try:
-            sock = attempt.sock = self._stream_socket(url, route, proxy, deadline.remaining())
+            sock = attempt.sock = _stream_socket(url, route, proxy, deadline.remaining())
             ws.connect(url, socket=sock, header={"User-Agent": self.settings.user_agent}, redirect_limit=0)
         except Exception as exc:  # noqa: BLE001 - the classifier sorts them out
             failure = exc
@@ -1638,51 +1419,65 @@ class _Transport:
         if failure is None and attempt.cut is None:
             return ws
         ws.shutdown()
-        if attempt.cut is not None:
-            failure = _Cut(attempt.cut)
-        elif isinstance(failure, websocket.WebSocketBadStatusException):
+        if isinstance(failure, websocket.WebSocketBadStatusException) and attempt.cut is None:
             body = getattr(failure, "resp_body", None) or b""
-            failure = _Answer(failure.status_code, requests.structures.CaseInsensitiveDict(
-                getattr(failure, "resp_headers", None) or {}), body if isinstance(body, bytes) else body.encode())
-        raise self._failed(failure, what, stream=True)
+            headers = requests.structures.CaseInsensitiveDict(getattr(failure, "resp_headers", None) or {})
+            raise self._failed(_Answer(failure.status_code, headers, body if isinstance(body, bytes) else body.encode()),
+                               what, stream=True)
+        raise self._failed(_Cut(attempt.cut) if attempt.cut is not None else failure, what, stream=True)
 
-    def _stream_proxy(self, url: str, route: Mapping[str, Any]) -> Optional[tuple[str, int, Any]]:
-        """The HTTP proxy requests would use for this URL (host, port, CONNECT headers), or None."""
-        proxy = requests.utils.select_proxy(_as_http(url), dict(route["proxies"]))
-        if not proxy:
-            return None
-        parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ConfigurationError(
-                f"a stream can go through an http:// proxy only, not {self.secrets.redact(proxy)!r}; "
-                "exempt the API's host with no_proxy, or use an http proxy")
-        headers = None
-        if parts.username:
-            headers = urllib3.util.make_headers(
-                proxy_basic_auth=f"{unquote(parts.username)}:{unquote(parts.password or '')}")
-        return parts.hostname, parts.port or 80, headers
 
-    @staticmethod
-    def _stream_socket(url: str, route: Mapping[str, Any], proxy: Optional[tuple[str, int, Any]],
-                       timeout: float) -> socket.socket:
-        parts = urlsplit(url)
-        secure = parts.scheme == "wss"
-        host, port = parts.hostname or "", parts.port or (443 if secure else 80)
-        if proxy is None:
-            connection = _ReportingHTTPConnection(host, port, timeout=timeout)
-        else:
-            connection = _ReportingHTTPConnection(proxy[0], proxy[1], timeout=timeout)
-            connection.set_tunnel(host, port, proxy[2])
-        try:
-            connection.connect()
-            sock: socket.socket = connection.sock
-            # CPython bounds the whole TLS handshake by the socket's timeout.
-            return _stream_tls_context(route).wrap_socket(sock, server_hostname=host) if secure else sock
-        except BaseException:
-            connection.close()
-            raise
+def _stream_proxy(url: str, route: Mapping[str, Any], secrets: _Secrets) -> Optional[tuple[str, int, Any]]:
+    """The HTTP proxy requests would use for this URL (host, port, CONNECT headers), or None."""
+    proxy = requests.utils.select_proxy(_as_http(url), dict(route["proxies"]))
+    if not proxy:
+        return None
+    parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigurationError(f"a stream can go through an http:// proxy only, not {secrets.redact(proxy)!r}; "
+                                 "exempt the API's host with no_proxy, or use an http proxy")
+    auth = f"{unquote(parts.username)}:{unquote(parts.password or '')}" if parts.username else None
+    return parts.hostname, parts.port or 80, urllib3.util.make_headers(proxy_basic_auth=auth) if auth else None
+
+
+def _stream_socket(url: str, route: Mapping[str, Any], proxy: Optional[tuple[str, int, Any]],
+                   timeout: float) -> socket.socket:
+    """A connected socket for a stream: TCP by urllib3's connection, through the proxy's
+    tunnel if any, with TLS for wss on the route's trust and certificate."""
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    host, port = parts.hostname or "", parts.port or (443 if secure else 80)
+    connection = _ReportingHTTPConnection(*(proxy[:2] if proxy else (host, port)), timeout=timeout)
+    if proxy is not None:
+        connection.set_tunnel(host, port, proxy[2])
+    try:
+        connection.connect()
+        sock: socket.socket = connection.sock
+        # CPython bounds the whole TLS handshake by the socket's timeout.
+        return _stream_tls_context(route).wrap_socket(sock, server_hostname=host) if secure else sock
+    except BaseException:
+        connection.close()
+        raise
+
+
+def _stream_tls_context(route: Mapping[str, Any]) -> ssl.SSLContext:
+    """A stream's TLS context on the route requests chose: urllib3's defaults, the same
+    trust (CA bundle, or none with verify=False) and the same client certificate."""
+    verify, cert = route["verify"], route["cert"]
+    context = urllib3.util.ssl_.create_urllib3_context(cert_reqs=ssl.CERT_NONE if verify is False else ssl.CERT_REQUIRED)
+    context.check_hostname = verify is not False  # urllib3 1.26 leaves it off (it checks names itself)
+    if verify is not False:
+        bundle = requests.certs.where() if verify in (True, None) else verify  # type: ignore[attr-defined]
+        context.load_verify_locations(**{"capath" if os.path.isdir(bundle) else "cafile": bundle})
+    if cert:
+        context.load_cert_chain(*([cert] if isinstance(cert, str) else cert))
+    return context
+
 
 # -- Streams ---------------------------------------------------------------------------
+
+_FORKED_STREAM = ("this stream was opened before fork(): a stream cannot be carried into a child "
+                  "process; open a new one there (the parent's is left untouched)")
 
 
 class _Lost(Exception):
@@ -1873,7 +1668,7 @@ class _ConnectionReader:
                     self.new_events += 1
                     yield event
                     if _forks != born:
-                        raise _forked_stream_error()
+                        raise StreamError(_FORKED_STREAM)
             elif opcode == _OPCODE_CLOSE:
                 _on_close_frame(frame.data, self._secrets)
                 return
@@ -1932,193 +1727,182 @@ class _ConnectionReader:
 _FrameHeader = tuple[int, int, Optional[bytes]]
 
 
+class _FrameReader:
+    """The frame reader mixed into websocket-client's ``WebSocket``: overrides its public
+    ``recv_frame()`` (and extends ``__init__``), no private method.
+
+    websocket-client reads a frame in three small reads; this reads the socket
+    READ_AHEAD_BYTES at a time and cuts frames out of that buffer (a payload longer than
+    the buffer is read into its own). Reading the header first lets ``max_message_bytes``
+    refuse a message before its payload. Frames are websocket-client's ``ABNF``, checked
+    by its ``validate()``; continuations, pings, pongs and the close handshake stay its
+    own. No read waits past the wake-up time, even inside a trickling frame; a frame cut
+    short by a timeout is kept and resumed by the next call.
+    """
+
+    #: The largest message accepted, fragments included; more is refused with close 1009.
+    max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
+    #: The websocket module, set by _read_ahead_websocket_class (imported on first use).
+    websocket: Any = None
+    sock: Optional[socket.socket]
+    connected: bool
+
+    def __init__(self, *, skip_utf8_validation: bool = False, **options: Any) -> None:
+        super().__init__(skip_utf8_validation=skip_utf8_validation, **options)  # type: ignore[call-arg]
+        self._skip_utf8_validation = skip_utf8_validation
+        self._buffer = bytearray(READ_AHEAD_BYTES)
+        self._view = memoryview(self._buffer)
+        self._start = self._end = 0  # the bytes read and not yet parsed: _buffer[_start:_end]
+        self._header: Optional[_FrameHeader] = None  # of a frame being read
+        self._payload: Optional[bytearray] = None  # a long payload read into its own buffer
+        self._payload_view: Optional[memoryview] = None
+        self._filled = 0
+        self._message_bytes = 0  # of the message so far, fragments included
+        self._wake_at: Optional[float] = None
+
+    @property
+    def is_mid_frame(self) -> bool:
+        """Whether part of a frame has arrived and the rest has not."""
+        return self._header is not None or self._end > self._start
+
+    def set_wake_time(self, instant: float) -> None:
+        """Raise WebSocketTimeoutException from reads at this ``_clock`` instant."""
+        self._wake_at = instant
+        self.settimeout(max(instant - _clock.now(), 0.001))  # type: ignore[attr-defined]
+
+    def recv_frame(self) -> Any:
+        """The next frame. A whole, final, unmasked text or binary frame already in the
+        buffer is cut out here; everything else goes the general way."""
+        start, end = self._start, self._end
+        if self._header is None and end - start >= 2:
+            buffer = self._buffer
+            first, length = buffer[start], buffer[start + 1]
+            if length < 126:
+                payload_start = start + 2
+            elif length == 126 and end - start >= 4:
+                length = buffer[start + 2] << 8 | buffer[start + 3]
+                payload_start = start + 4
+            else:  # a 64-bit length, a mask, or a header not all here
+                return self._recv_any_frame()
+            payload_end = payload_start + length
+            # 0x81, 0x82: FIN, no reserved bits, text or binary.
+            if (first == 0x81 or first == 0x82) and payload_end <= end and length <= self.max_message_bytes:
+                self._start = payload_end
+                self._message_bytes = length
+                # A bytearray: joining fragments then appends in place, and ABNF and
+                # validate() take it as they do bytes.
+                frame = self.websocket.ABNF(1, 0, 0, 0, first & 0x0F, 0, buffer[payload_start:payload_end])
+                frame.validate(self._skip_utf8_validation)
+                return frame
+        return self._recv_any_frame()
+
+    def _recv_any_frame(self) -> Any:
+        if self._header is None:
+            self._header = self._read_header()
+        first, length, mask_key = self._header
+        payload: Union[bytes, bytearray] = self._read_payload(length)
+        self._header = None
+        opcode, abnf = first & 0x0F, self.websocket.ABNF
+        if mask_key is not None:  # servers must not mask; websocket-client unmasks anyway
+            payload = abnf.mask(mask_key, bytes(payload))
+        elif opcode >= _OPCODE_CLOSE:
+            payload = bytes(payload)  # as websocket-client's close and pong code expect
+        frame = abnf(first >> 7, first >> 6 & 1, first >> 5 & 1, first >> 4 & 1, opcode,
+                     int(mask_key is not None), payload)
+        frame.validate(self._skip_utf8_validation)
+        return frame
+
+    def _read_header(self) -> _FrameHeader:
+        self._fill(2)
+        first, second = self._buffer[self._start], self._buffer[self._start + 1]
+        length = second & 0x7F
+        length_bytes = 2 if length == 126 else 8 if length == 127 else 0
+        mask_bytes = 4 if second & 0x80 else 0
+        self._fill(2 + length_bytes + mask_bytes)
+        start = self._start + 2
+        if length_bytes:
+            length = int.from_bytes(self._buffer[start:start + length_bytes], "big")
+        start += length_bytes
+        mask_key = bytes(self._buffer[start:start + mask_bytes]) if mask_bytes else None
+        self._start = start + mask_bytes
+        self._check_size(first & 0x0F, length)
+        return first, length, mask_key
+
+    def _check_size(self, opcode: int, length: int) -> None:
+        """Refuse a frame too large before its payload is read."""
+        if opcode >= _OPCODE_CLOSE:
+            if length > 125:
+                raise self.websocket.WebSocketProtocolException(
+                    f"a control frame of {length:,} bytes (at most 125 are allowed)")
+            return
+        size = length if opcode else self._message_bytes + length  # opcode 0: a continuation
+        if size > self.max_message_bytes:
+            with contextlib.suppress(OSError, self.websocket.WebSocketException):  # the peer may be gone
+                self.send_close(self.websocket.STATUS_MESSAGE_TOO_BIG, b"message too big")  # type: ignore[attr-defined]
+            raise MessageTooLargeError(
+                f"the server sent a message of {size:,} bytes{'' if opcode else ' so far'}, over "
+                f"max_message_bytes={self.max_message_bytes:,}; it was refused unread (close 1009). "
+                "Raise max_message_bytes if such messages are expected")
+        self._message_bytes = size
+
+    def _fill(self, count: int) -> None:
+        """Make ``count`` bytes of the current frame available in the buffer."""
+        while self._end - self._start < count:
+            if self._end == self._start:
+                self._start = self._end = 0
+            elif self._start + count > len(self._buffer):  # a header cut by the buffer's end
+                kept = self._end - self._start
+                self._buffer[:kept] = self._buffer[self._start:self._end]
+                self._start, self._end = 0, kept
+            self._end += self._read_into(self._view[self._end:])
+
+    def _read_payload(self, length: int) -> bytearray:
+        if self._payload is None:
+            start, available = self._start, self._end - self._start
+            if available >= length:
+                self._start = start + length
+                return self._buffer[start:start + length]
+            self._payload = bytearray(length)
+            self._payload[:available] = self._view[start:self._end]
+            self._payload_view = memoryview(self._payload)
+            self._filled, self._start, self._end = available, 0, 0
+        payload, view = self._payload, self._payload_view
+        assert payload is not None and view is not None
+        while self._filled < length:
+            self._filled += self._read_into(view[self._filled:])
+        view.release()  # or the payload could not grow when websocket-client joins fragments
+        self._payload = self._payload_view = None
+        return payload
+
+    def _read_into(self, view: memoryview) -> int:
+        """One read, with websocket-client's exceptions for a timeout or a closed socket.
+        No read waits past the wake-up time: neither a trickling frame nor frames that
+        bring no event (replays) may hold off the heartbeat and the deadlines."""
+        sock, websocket = self.sock, self.websocket
+        if sock is None:
+            raise websocket.WebSocketConnectionClosedException("socket is already closed.")
+        if self._wake_at is not None:
+            left = self._wake_at - _clock.now()
+            if left <= 0:
+                raise websocket.WebSocketTimeoutException("the wake-up time came before the frame was complete")
+            sock.settimeout(left)
+        try:
+            count = sock.recv_into(view)
+        except socket.timeout as exc:
+            raise websocket.WebSocketTimeoutException(str(exc) or "timed out") from None
+        if not count:
+            self.connected = False
+            raise websocket.WebSocketConnectionClosedException("Connection to remote host was lost.")
+        return count
+
+
 @functools.cache
 def _read_ahead_websocket_class() -> type:
-    """websocket-client's WebSocket with a faster, bounded frame reader.
-
-    Built on first use, since websocket is imported lazily.
-    """
+    """websocket-client's WebSocket with _FrameReader, built on first use (websocket is imported lazily)."""
     import websocket
 
-    ABNF, TimedOut = websocket.ABNF, websocket.WebSocketTimeoutException
+    return type("ReadAheadWebSocket", (_FrameReader, websocket.WebSocket), {"websocket": websocket})
 
-    class ReadAheadWebSocket(websocket.WebSocket):
-        """Overrides websocket-client's public ``recv_frame()`` (and extends ``__init__``
-        for its buffer); no private method.
-
-        websocket-client reads each frame in three small reads (header, length,
-        payload); this reads the socket READ_AHEAD_BYTES at a time and cuts frames out
-        of that buffer (small events stream ~1.8x faster than through websocket-client's
-        reads; a payload longer than the buffer holds is read straight into its own).
-        Reading the header first lets ``max_message_bytes`` refuse a message before its
-        payload is read. Frames are websocket-client's ``ABNF``, checked by its
-        ``validate()``; continuation frames, pings, pongs and the close handshake stay
-        websocket-client's.
-
-        A read never waits past the wake-up time (``set_wake_time``), even inside a
-        frame whose bytes trickle in; a frame cut short by a timeout is kept and
-        resumed by the next call, as websocket-client does.
-        """
-
-        #: The largest message accepted, fragments included; more is refused with close 1009.
-        max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
-
-        def __init__(self, *, skip_utf8_validation: bool = False, **options: Any) -> None:
-            super().__init__(skip_utf8_validation=skip_utf8_validation, **options)
-            self._skip_utf8_validation = skip_utf8_validation
-            self._buffer = bytearray(READ_AHEAD_BYTES)
-            self._view = memoryview(self._buffer)
-            self._start = self._end = 0  # the bytes read and not yet parsed: _buffer[_start:_end]
-            self._header: Optional[_FrameHeader] = None  # (first byte, length, mask key) of a frame being read
-            self._payload: Optional[bytearray] = None  # a long payload read into its own buffer
-            self._payload_view: Optional[memoryview] = None
-            self._filled = 0
-            self._message_bytes = 0  # of the message so far, fragments included
-            self._wake_at: Optional[float] = None
-
-        @property
-        def is_mid_frame(self) -> bool:
-            """Whether part of a frame has arrived and the rest has not."""
-            return self._header is not None or self._end > self._start
-
-        def set_wake_time(self, instant: float) -> None:
-            """Raise WebSocketTimeoutException from reads at this time.monotonic() instant."""
-            self._wake_at = instant
-            self.settimeout(max(instant - time.monotonic(), 0.001))
-
-        def recv_frame(self) -> Any:
-            """The next frame. A whole, final, unmasked text or binary frame already in
-            the buffer is cut out here; everything else goes the general way."""
-            start, end = self._start, self._end
-            if self._header is None and end - start >= 2:
-                buffer = self._buffer
-                first, length = buffer[start], buffer[start + 1]
-                if length < 126:
-                    payload_start = start + 2
-                elif length == 126 and end - start >= 4:
-                    length = buffer[start + 2] << 8 | buffer[start + 3]
-                    payload_start = start + 4
-                else:  # a 64-bit length, a mask, or a header not all here
-                    return self._recv_any_frame()
-                payload_end = payload_start + length
-                # 0x81, 0x82: FIN, no reserved bits, text or binary.
-                if (first == 0x81 or first == 0x82) and payload_end <= end and length <= self.max_message_bytes:
-                    self._start = payload_end
-                    self._message_bytes = length
-                    # A bytearray, as websocket-client's own frames are not: joining fragments
-                    # then appends in place, and ABNF and validate() take it as they do bytes.
-                    frame = ABNF(1, 0, 0, 0, first & 0x0F, 0, cast(bytes, buffer[payload_start:payload_end]))
-                    frame.validate(self._skip_utf8_validation)
-                    return frame
-            return self._recv_any_frame()
-
-        def _recv_any_frame(self) -> Any:
-            if self._header is None:
-                self._header = self._read_header()
-            first, length, mask_key = self._header
-            payload: Union[bytes, bytearray] = self._read_payload(length)
-            self._header = None
-            opcode = first & 0x0F
-            if mask_key is not None:  # servers must not mask; websocket-client unmasks anyway
-                payload = ABNF.mask(mask_key, bytes(payload))
-            elif opcode >= _OPCODE_CLOSE:
-                payload = bytes(payload)  # as websocket-client's close and pong code expect
-            frame = ABNF(first >> 7, first >> 6 & 1, first >> 5 & 1, first >> 4 & 1, opcode,
-                         int(mask_key is not None), cast(bytes, payload))
-            frame.validate(self._skip_utf8_validation)
-            return frame
-
-        def _read_header(self) -> _FrameHeader:
-            self._fill(2)
-            first, second = self._buffer[self._start], self._buffer[self._start + 1]
-            length = second & 0x7F
-            length_bytes = 2 if length == 126 else 8 if length == 127 else 0
-            mask_bytes = 4 if second & 0x80 else 0
-            self._fill(2 + length_bytes + mask_bytes)
-            start = self._start + 2
-            if length_bytes:
-                length = int.from_bytes(self._buffer[start:start + length_bytes], "big")
-            start += length_bytes
-            mask_key = bytes(self._buffer[start:start + mask_bytes]) if mask_bytes else None
-            self._start = start + mask_bytes
-            self._check_size(first & 0x0F, length)
-            return first, length, mask_key
-
-        def _check_size(self, opcode: int, length: int) -> None:
-            """Refuse a frame too large before its payload is read."""
-            if opcode >= _OPCODE_CLOSE:
-                if length > 125:
-                    raise websocket.WebSocketProtocolException(
-                        f"a control frame of {length:,} bytes (at most 125 are allowed)")
-                return
-            size = length if opcode else self._message_bytes + length  # opcode 0: a continuation
-            if size > self.max_message_bytes:
-                try:
-                    self.send_close(websocket.STATUS_MESSAGE_TOO_BIG, b"message too big")
-                except (OSError, websocket.WebSocketException):
-                    pass  # the peer is gone already: nothing more to refuse
-                so_far = "" if opcode else " so far"
-                raise MessageTooLargeError(
-                    f"the server sent a message of {size:,} bytes{so_far}, over max_message_bytes="
-                    f"{self.max_message_bytes:,}; it was refused unread (close 1009). "
-                    "Raise max_message_bytes if such messages are expected"
-                )
-            self._message_bytes = size
-
-        def _fill(self, count: int) -> None:
-            """Make ``count`` bytes of the current frame available in the buffer."""
-            while self._end - self._start < count:
-                if self._end == self._start:
-                    self._start = self._end = 0
-                elif self._start + count > len(self._buffer):  # a header cut by the buffer's end
-                    kept = self._end - self._start
-                    self._buffer[:kept] = self._buffer[self._start:self._end]
-                    self._start, self._end = 0, kept
-                self._end += self._read_into(self._view[self._end:])
-
-        def _read_payload(self, length: int) -> bytearray:
-            if self._payload is None:
-                start, available = self._start, self._end - self._start
-                if available >= length:
-                    self._start = start + length
-                    return self._buffer[start:start + length]
-                self._payload = bytearray(length)
-                self._payload[:available] = self._view[start:self._end]
-                self._payload_view = memoryview(self._payload)
-                self._filled, self._start, self._end = available, 0, 0
-            payload, view = self._payload, self._payload_view
-            assert payload is not None and view is not None
-            while self._filled < length:
-                self._filled += self._read_into(view[self._filled:])
-            view.release()  # or the payload could not grow when websocket-client joins fragments
-            self._payload = self._payload_view = None
-            return payload
-
-        def _read_into(self, view: memoryview) -> int:
-            """One read, with websocket-client's exceptions for a timeout or a closed socket.
-
-            No read waits past the wake-up time: neither bytes trickling into a frame, nor
-            whole frames that keep coming without an event for the caller (a server
-            replaying events already seen) may hold off the heartbeat and the deadlines.
-            """
-            sock = self.sock
-            if sock is None:
-                raise websocket.WebSocketConnectionClosedException("socket is already closed.")
-            if self._wake_at is not None:
-                left = self._wake_at - time.monotonic()
-                if left <= 0:
-                    raise TimedOut("the wake-up time came before the next frame was complete")
-                sock.settimeout(left)
-            try:
-                count = sock.recv_into(view)
-            except socket.timeout as exc:
-                raise TimedOut(str(exc) or "timed out") from None
-            if not count:
-                self.connected = False
-                raise websocket.WebSocketConnectionClosedException("Connection to remote host was lost.")
-            return count
-
-    return ReadAheadWebSocket
 
 
 def _on_close_frame(payload: bytes, secrets: _Secrets) -> None:
@@ -2145,6 +1929,27 @@ def _close_socket(ws: Any, polite: bool) -> None:
     ws.shutdown()
 
 
+_SOCKET_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
+
+
+def _stream_url(transport: _Transport, path: str, ticket: WsTicket) -> str:
+    """The ticket's ``wsUrl``, or else ``<base>/…/ws?ticket=`` with ws(s); never a
+    cleartext URL where the base URL would not be allowed one."""
+    settings = transport.settings
+    url = ticket.ws_url or f"{settings.base_url}{path}/ws?ticket={quote(ticket.ticket, safe='')}"
+    parts = urlsplit(url)
+    scheme = _SOCKET_SCHEMES.get(parts.scheme.lower())
+    if scheme is None or not parts.hostname:
+        raise StreamError(f"the ticket's wsUrl is not a ws(s) URL: {transport.secrets.redact(url)!r}")
+    if scheme == "ws" and settings.base_url.startswith("https:"):
+        raise StreamError("refusing the ticket's wsUrl: it downgrades https to plain ws, "
+                          "which would send the ticket and events in clear")
+    if scheme == "ws" and not _is_loopback(parts.hostname) and not settings.allow_insecure_http:
+        raise StreamError(f"refusing the ticket's plain-ws wsUrl to {parts.hostname}: the ticket would "
+                          "cross the network in clear; pass allow_insecure_http=True if you really mean it")
+    return urlunsplit((scheme,) + tuple(parts[1:]))
+
+
 def _open_connection(transport: _Transport, path: str, mint_ticket: Callable[[], WsTicket]) -> Any:
     """Mint a ticket and open a WebSocket with it; _Lost when another attempt may work,
     _TicketRefused when the upgrade refused the ticket, our error when nothing will."""
@@ -2155,7 +1960,7 @@ def _open_connection(transport: _Transport, path: str, mint_ticket: Callable[[],
             raise  # the key's problem (or TLS, or a setting), and its message
         raise _Lost(error, "could not mint a ticket") from None
     try:
-        return transport.open_stream(transport.stream_url(path, ticket), f"stream {path}")
+        return transport.open_stream(_stream_url(transport, path, ticket), f"stream {path}")
     except _Failed as failed:
         if isinstance(failed.error, AuthenticationError):
             raise _TicketRefused(f"HTTP {failed.error.status_code} at the upgrade") from None
@@ -2170,7 +1975,7 @@ def _iter_events(transport: _Transport, path: str, mint_ticket: Callable[[], WsT
     born = _forks
     while True:
         if _forks != born:
-            raise _forked_stream_error()
+            raise StreamError(_FORKED_STREAM)
         try:
             ws = _open_connection(transport, path, mint_ticket)
         except _Lost as lost:
@@ -2332,9 +2137,7 @@ class Client:
         StreamTimeoutError after ``idle_timeout`` seconds without an event, and
         AuthenticationError / PermissionDeniedError / NotFoundError when refused.
         """
-        settings = _StreamSettings.checked(max_outage=max_outage, max_message_bytes=max_message_bytes,
-                                           ping_interval=ping_interval, ping_timeout=ping_timeout,
-                                           idle_timeout=idle_timeout)
+        settings = _StreamSettings.checked(max_outage, max_message_bytes, ping_interval, ping_timeout, idle_timeout)
         return _iter_events(self._transport, _run_path(project_id, run_id),
                             lambda: self.mint_run_ticket(project_id, run_id), settings)
 
@@ -2343,9 +2146,7 @@ class Client:
                           idle_timeout: Optional[float] = None,
                           max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Generator[Event, None, None]:
         """Yield the brief's shaping-log entries live; behaves as ``iter_run_events``."""
-        settings = _StreamSettings.checked(max_outage=max_outage, max_message_bytes=max_message_bytes,
-                                           ping_interval=ping_interval, ping_timeout=ping_timeout,
-                                           idle_timeout=idle_timeout)
+        settings = _StreamSettings.checked(max_outage, max_message_bytes, ping_interval, ping_timeout, idle_timeout)
         return _iter_events(self._transport, _brief_path(project_id, brief_id),
                             lambda: self.mint_brief_ticket(project_id, brief_id), settings)
 

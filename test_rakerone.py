@@ -1364,7 +1364,7 @@ def test_a_ws_url_that_downgrades_https_is_refused():
     ticket = rakerone.WsTicket(ticket="secret-ticket", ws_url="ws://app.raker.one/api/x/ws?ticket=secret-ticket")
 
     with pytest.raises(rakerone.StreamError, match="downgrades https") as raised:
-        client._transport.stream_url("/projects/p/playbook-runs/r", ticket)
+        rakerone._stream_url(client._transport, "/projects/p/playbook-runs/r", ticket)
 
     assert "secret-ticket" not in str(raised.value)
 
@@ -1376,17 +1376,17 @@ def test_a_plain_ws_url_beyond_loopback_is_refused_unless_allowed(allow_insecure
 
     if refused:
         with pytest.raises(rakerone.StreamError, match="in clear") as raised:
-            client._transport.stream_url("/projects/p/playbook-runs/r", ticket)
+            rakerone._stream_url(client._transport, "/projects/p/playbook-runs/r", ticket)
         assert "secret-ticket" not in str(raised.value)
     else:
-        assert client._transport.stream_url("/projects/p/playbook-runs/r", ticket).startswith("ws://rakerone.invalid/")
+        assert rakerone._stream_url(client._transport, "/projects/p/playbook-runs/r", ticket).startswith("ws://rakerone.invalid/")
 
 
 def test_socket_url_is_derived_from_the_base_url_without_ws_url():
     client = rakerone.Client(API_KEY, base_url=BASE_URL)
     ticket = rakerone.WsTicket(ticket="a b/c")
 
-    url = client._transport.stream_url("/projects/p/playbook-runs/r", ticket)
+    url = rakerone._stream_url(client._transport, "/projects/p/playbook-runs/r", ticket)
 
     assert url == "wss://api.example.test/api/projects/p/playbook-runs/r/ws?ticket=a%20b%2Fc"
 
