@@ -1269,8 +1269,10 @@ class _Transport:
         _current.attempt = attempt
         try:
             response = self._send(prepared, route, attempt, may_resend, what)
-            if attempt.sock is None:  # a session's own adapter: cut through the answer
-                attempt.connection = response.raw
+            if attempt.sock is None:  # a session's own adapter: cut through the answer (urllib3 2.3+)
+                attempt.connection = response.raw  # or else through its socket
+                if not hasattr(response.raw, "shutdown"):
+                    attempt.sock = getattr(getattr(response.raw, "connection", None), "sock", None)
             content = self._read_body(response, method)
         except (requests.RequestException, _BadBody) as exc:
             failure = exc
@@ -1481,65 +1483,81 @@ _FORKED_STREAM = ("this stream was opened before fork(): a stream cannot be carr
 
 
 class _Lost(Exception):
-    """Internal: this connection is gone (``error`` says why), but another one may work."""
+    """Internal: this connection (or attempt at one) ended; ``error`` says why, and
+    another connection may work. ``refused``: the server refused the ticket."""
 
-    def __init__(self, error: RakerOneError, doing: str = "") -> None:
-        super().__init__(f"{doing}: {error}" if doing else str(error))
-        self.error = error
-        self.retry_after = min(getattr(error, "retry_after", None) or 0.0, RETRY_AFTER_CAP)
-
-
-class _TicketRefused(Exception):
-    """Internal: the server refused the WebSocket ticket (close 4401, or 401 at the upgrade)."""
+    def __init__(self, error: RakerOneError, message: str = "", refused: bool = False) -> None:
+        super().__init__(message or str(error))
+        self.error, self.refused = error, refused
+        self.retry_after: float = getattr(error, "retry_after", None) or 0.0
 
 
-class _Reconnects:
-    """Decides when a stream reconnects and when it gives up.
+class _Liveness:
+    """The one judgement of a stream's life, from explicit evidence.
 
-    A stream gives up after ``max_outage`` seconds without a working connection,
-    however many attempts that takes. A connection works once it has delivered a new
-    event or stayed open CONNECTION_WORKS_AFTER seconds; that ends the outage and
-    resets the backoff. A refused ticket gets one fresh ticket, not two in a row.
+    A connection shows life with a new event, or with a ping or pong from the server
+    once it has been open CONNECTION_WORKS_AFTER seconds; an upgrade, duplicates and a
+    connection's age show nothing. From that: an outage (no connection showing life)
+    longer than ``max_outage`` gives up; a ticket refused after life is an expiry and
+    gets a fresh one, however often, while two refusals with no life between raise
+    AuthenticationError; ``idle_timeout`` counts time without a new event across
+    reconnects and outages.
     """
 
     def __init__(self, path: str, settings: _StreamSettings) -> None:
-        self._path = path
-        self._settings = settings
-        self._outage_started: Optional[float] = _clock.now()  # None: a connection works
-        self._failures = 0
-        self._has_worked = False
-        self._ticket_refused = False  # the last refusal had no new event after it
-        self._opened_at = 0.0
+        self._path, self._settings = path, settings
+        self.last_event_at = self._opened_at = _clock.now()
+        self._outage_started: Optional[float] = self._opened_at  # None while a connection shows life
+        self.working = False  # the current connection has shown life
+        self._failures = self._refusals = 0  # in a row
 
     def opened(self) -> None:
-        self._opened_at = _clock.now()
+        self._opened_at, self.working = _clock.now(), False
 
-    def closed(self, new_events: int) -> None:
-        """The connection ended; note whether it worked. Only new events clear a refused
-        ticket: a server that accepts each ticket and refuses it a moment later must not
-        get a fresh one every half second for ever."""
-        if new_events or _clock.now() - self._opened_at >= CONNECTION_WORKS_AFTER:
-            self._outage_started = None
-            self._failures = 0
-            self._has_worked = True
-        if new_events:
-            self._ticket_refused = False
+    def shown_life(self) -> None:
+        self.working, self._outage_started, self._failures, self._refusals = True, None, 0, 0
 
-    def wait(self, lost: _Lost) -> None:
-        """Sleep before the next connection; StreamDisconnectedError when out of budget,
-        StreamTimeoutError when the ambient deadline would pass first."""
-        delay = self._delay_after(lost)
+    def answered(self) -> None:
+        """The server pinged or ponged: life, once the connection has been open a while."""
+        if not self.working and _clock.now() - self._opened_at >= CONNECTION_WORKS_AFTER:
+            self.shown_life()
+
+    def idle_until(self) -> float:
+        idle = self._settings.idle_timeout
+        return math.inf if idle is None else self.last_event_at + idle
+
+    def check_idle(self, now: float) -> None:
+        if now >= self.idle_until():
+            raise StreamTimeoutError(f"no event for {self._settings.idle_timeout:g} s (idle_timeout)")
+
+    def ended(self, lost: _Lost) -> None:
+        """A connection, or an attempt at one, ended: wait for the next, or raise."""
+        now, was_working = _clock.now(), self.working
+        if self._outage_started is None:
+            self._outage_started = now
+        self.working = False
+        if lost.refused:
+            self._refusals += 1
+            if self._refusals >= 2:
+                raise AuthenticationError(
+                    f"stream {self._path}: the server refused the WebSocket ticket ({lost}) even freshly "
+                    "minted, twice in a row; the API key was accepted when minting it, so check that nothing "
+                    "between here and the API alters the socket URL, and the server's ticket lifetime",
+                    status_code=401)
+            logger.info("stream %s: %s (%s); minting a fresh ticket", self._path, str(lost),
+                        "expired" if was_working else "refused")
+            return
+        delay = self._delay(now, lost)
         if _Deadline.ambient().remaining() <= delay:
             raise StreamTimeoutError(f"stream {self._path}: the deadline passed while reconnecting ({lost})")
         logger.info("stream %s: %s; reconnecting in %.2f s", self._path, str(lost), delay)
-        _clock.sleep(delay)
+        _clock.sleep(max(0.0, min(delay, self.idle_until() - now)))
+        self.check_idle(_clock.now())
 
-    def _delay_after(self, lost: _Lost) -> float:
-        now = _clock.now()
-        if self._outage_started is None:
-            self._outage_started = now
+    def _delay(self, now: float, lost: _Lost) -> float:
+        """Seconds to the next attempt; StreamDisconnectedError when the outage budget is spent."""
         self._failures += 1
-        max_outage, outage = self._settings.max_outage, now - self._outage_started
+        max_outage, outage = self._settings.max_outage, now - cast(float, self._outage_started)
         left = max_outage - outage
         if max_outage == 0:
             why = "reconnecting is off: max_outage=0"
@@ -1553,20 +1571,6 @@ class _Reconnects:
         raise StreamDisconnectedError(
             f"stream {self._path} ended after {self._failures} failed attempt(s) in a row, "
             f"{outage:.1f} s without a working connection ({why}): {lost}") from lost.error
-
-    def after_refused_ticket(self, refused: _TicketRefused) -> None:
-        """Allow one fresh ticket after a stream worked; else raise AuthenticationError."""
-        if self._has_worked and not self._ticket_refused:
-            self._ticket_refused = True
-            logger.info("stream %s: %s; minting a fresh ticket", self._path, str(refused))
-            return
-        when = "even freshly minted, twice in a row" if self._ticket_refused else "right after minting it"
-        raise AuthenticationError(
-            f"stream {self._path}: the server refused the WebSocket ticket ({refused}) {when}; "
-            "the API key was accepted when minting it, so check that nothing between here and "
-            "the API alters the socket URL, and the server's ticket lifetime",
-            status_code=401,
-        )
 
 
 class _RecentIds:
@@ -1620,24 +1624,21 @@ def _decode_json(payload: bytes, secrets: _Secrets) -> Any:
 
 
 class _ConnectionReader:
-    """Reads one connection's events, keeping it alive with pings and deadlines.
+    """Reads one connection's events, keeping it alive with pings and deadlines, and
+    telling the stream's _Liveness what it sees.
 
     The socket wakes the reader at the nearest deadline (ping due, pong due, idle, the
     ambient deadline), also in the middle of a frame or while frames keep coming. The
     wake-up time is set when state changes, never per frame: a wake-up that comes early
-    (an event pushed the ping later) only sets the next one.
+    only sets the next one. Duplicates are no sign of life: they do not put off a ping.
     """
 
-    def __init__(self, ws: Any, settings: _StreamSettings, secrets: _Secrets, what: str) -> None:
-        self._ws = ws
-        self._settings = settings
-        self._secrets = secrets
-        self._what = what
+    def __init__(self, ws: Any, settings: _StreamSettings, alive: _Liveness, secrets: _Secrets,
+                 what: str) -> None:
+        self._ws, self._settings, self._alive, self._secrets, self._what = ws, settings, alive, secrets, what
         self._deadline = _Deadline.ambient()
-        self._last_frame_at = self._last_event_at = _clock.now()
+        self._last_frame_at = _clock.now()
         self._ping_sent_at: Optional[float] = None
-        #: How many events this connection yielded (not seen before).
-        self.new_events = 0
         ws.max_message_bytes = settings.max_message_bytes
         ws.set_wake_time(self._next_wake())
 
@@ -1647,7 +1648,7 @@ class _ConnectionReader:
         import websocket
 
         # The per-frame path: one JSON decode, no logging, names bound once.
-        recv_data_frame, now, add_id = self._ws.recv_data_frame, _clock.now, seen.add
+        recv_data_frame, now, add_id, alive = self._ws.recv_data_frame, _clock.now, seen.add, self._alive
         from_message, wall_clock, utc = Event.from_message, datetime.datetime.now, datetime.timezone.utc
         while True:
             try:
@@ -1659,56 +1660,50 @@ class _ConnectionReader:
                 dropped: Exception = exc
                 break
             if opcode == _OPCODE_TEXT or opcode == _OPCODE_BINARY:
-                message = _decode_json(frame.data, self._secrets)
+                event = from_message(_decode_json(frame.data, self._secrets), wall_clock(utc))
                 del frame  # free the payload before the loop body runs
-                self._last_frame_at = self._last_event_at = now()
-                self._ping_sent_at = None
-                event = from_message(message, wall_clock(utc))
                 if event.id is None or add_id(event.id):
-                    self.new_events += 1
+                    self._last_frame_at = alive.last_event_at = now()
+                    self._ping_sent_at = None
+                    if not alive.working:
+                        alive.shown_life()
                     yield event
                     if _forks != born:
                         raise StreamError(_FORKED_STREAM)
             elif opcode == _OPCODE_CLOSE:
                 _on_close_frame(frame.data, self._secrets)
                 return
-            else:  # ping or pong: the peer is alive
-                self._last_frame_at = now_monotonic = now()
-                self._ping_sent_at = None
-                self._check_deadlines(now_monotonic)
+            else:  # the server's ping or pong
+                self._last_frame_at, self._ping_sent_at = now(), None
+                alive.answered()
+                self._check_deadlines(self._last_frame_at)
                 self._ws.set_wake_time(self._next_wake())
         error, kind = _classify(dropped, self._what, self._secrets, 0.0, stream=True)
         raise _Lost(error) if kind != _FINAL else error
 
     def _on_silence(self) -> None:
-        """Nothing complete for a while: ping, declare the peer dead, or time out idle."""
+        """Nothing new for a while: ping, declare the peer dead, or time out."""
         import websocket
 
-        now = _clock.now()
+        now, settings = _clock.now(), self._settings
         self._check_deadlines(now)
-        settings = self._settings
-        if self._ping_sent_at is not None:
-            if now - self._ping_sent_at >= settings.ping_timeout:
-                half_read = " (a frame was still arriving)" if self._ws.is_mid_frame else ""
-                self._ws.shutdown()
-                raise _Lost(StreamDisconnectedError(
-                    f"no answer to a ping within {settings.ping_timeout:g} s{half_read}"))
-        elif now - self._last_frame_at >= settings.ping_interval:
+        if self._ping_sent_at is not None and now - self._ping_sent_at >= settings.ping_timeout:
+            half_read = " (a frame was still arriving)" if self._ws.is_mid_frame else ""
+            self._ws.shutdown()
+            raise _Lost(StreamDisconnectedError(f"no answer to a ping within {settings.ping_timeout:g} s{half_read}"))
+        if self._ping_sent_at is None and now - self._last_frame_at >= settings.ping_interval:
             try:
                 self._ws.ping()
             except (OSError, websocket.WebSocketException) as exc:
                 failure: Optional[Exception] = exc
             else:
-                failure = None
-                self._ping_sent_at = now
+                failure, self._ping_sent_at = None, now
             if failure is not None:
                 raise _Lost(_classify(failure, self._what, self._secrets, 0.0, stream=True)[0])
         self._ws.set_wake_time(self._next_wake())
 
     def _check_deadlines(self, now: float) -> None:
-        idle_timeout = self._settings.idle_timeout
-        if idle_timeout is not None and now - self._last_event_at >= idle_timeout:
-            raise StreamTimeoutError(f"no event for {idle_timeout:g} s (idle_timeout)")
+        self._alive.check_idle(now)
         if now >= self._deadline.at:
             raise StreamTimeoutError("the deadline passed")
 
@@ -1718,9 +1713,7 @@ class _ConnectionReader:
             due = self._last_frame_at + settings.ping_interval
         else:
             due = self._ping_sent_at + settings.ping_timeout
-        if settings.idle_timeout is not None:
-            due = min(due, self._last_event_at + settings.idle_timeout)
-        return min(due, self._deadline.at)
+        return min(due, self._alive.idle_until(), self._deadline.at)
 
 
 #: A frame header as read: first byte, payload length, mask key (None: unmasked).
@@ -1914,7 +1907,7 @@ def _on_close_frame(payload: bytes, secrets: _Secrets) -> None:
         return
     error, kind = _classify(_Closed(code, reason), "", secrets, 0.0, stream=True)
     if isinstance(error, AuthenticationError):
-        raise _TicketRefused(f"close {code}" + (f": {reason}" if reason else ""))
+        raise _Lost(error, f"close {code}" + (f": {reason}" if reason else ""), refused=True)
     raise _Lost(error) if kind != _FINAL else error
 
 
@@ -1951,53 +1944,44 @@ def _stream_url(transport: _Transport, path: str, ticket: WsTicket) -> str:
 
 
 def _open_connection(transport: _Transport, path: str, mint_ticket: Callable[[], WsTicket]) -> Any:
-    """Mint a ticket and open a WebSocket with it; _Lost when another attempt may work,
-    _TicketRefused when the upgrade refused the ticket, our error when nothing will."""
+    """Mint a ticket and open a WebSocket with it; _Lost when another attempt may work
+    (or the upgrade refused the ticket), our error when nothing will."""
     try:
         ticket = mint_ticket()
     except RakerOneError as error:
         if not error.retryable:
             raise  # the key's problem (or TLS, or a setting), and its message
-        raise _Lost(error, "could not mint a ticket") from None
+        raise _Lost(error, f"could not mint a ticket: {error}") from None
     try:
         return transport.open_stream(_stream_url(transport, path, ticket), f"stream {path}")
     except _Failed as failed:
         if isinstance(failed.error, AuthenticationError):
-            raise _TicketRefused(f"HTTP {failed.error.status_code} at the upgrade") from None
+            raise _Lost(failed.error, f"HTTP {failed.error.status_code} at the upgrade", refused=True) from None
         raise (failed.error if failed.kind == _FINAL else _Lost(failed.error)) from None
 
 
 def _iter_events(transport: _Transport, path: str, mint_ticket: Callable[[], WsTicket],
                  settings: _StreamSettings) -> Generator[Event, None, None]:
-    """A stream's events, each once, over as many connections as it takes."""
-    seen = _RecentIds(DEDUPE_WINDOW)
-    reconnects = _Reconnects(path, settings)
-    born = _forks
+    """A stream's events, each once, over as many connections as its liveness allows."""
+    seen, alive, born = _RecentIds(DEDUPE_WINDOW), _Liveness(path, settings), _forks
     while True:
         if _forks != born:
             raise StreamError(_FORKED_STREAM)
         try:
             ws = _open_connection(transport, path, mint_ticket)
         except _Lost as lost:
-            reconnects.wait(lost)
+            alive.ended(lost)
             continue
-        except _TicketRefused as refused:
-            reconnects.after_refused_ticket(refused)
-            continue
-        reconnects.opened()
-        reader = _ConnectionReader(ws, settings, transport.secrets, f"stream {path}")
+        alive.opened()
+        reader = _ConnectionReader(ws, settings, alive, transport.secrets, f"stream {path}")
         try:
             yield from reader.events(seen, born)
             return
-        except (_Lost, _TicketRefused) as exc:
-            ended: Union[_Lost, _TicketRefused] = exc
+        except _Lost as lost:
+            ended = lost
         finally:
             _close_socket(ws, polite=_forks == born)
-        reconnects.closed(reader.new_events)
-        if isinstance(ended, _TicketRefused):
-            reconnects.after_refused_ticket(ended)
-        else:
-            reconnects.wait(ended)
+        alive.ended(ended)
 
 
 # -- Client ----------------------------------------------------------------------------
@@ -2157,43 +2141,61 @@ class Client:
 
 # -- Waiting for a run -----------------------------------------------------------------
 
-WAIT_POLL_FIRST = 1.0  # seconds between get_run calls when polling, doubling...
+WAIT_POLL_FIRST = 1.0  # seconds without news before the run is checked, doubling...
 WAIT_POLL_CAP = 15.0  # ...up to this
 WAIT_REFRESH_EVERY = 1.0  # at most one get_run per this many seconds while events flow
-#: A quiet stream is left and the run re-checked after this many seconds without an event.
-WAIT_QUIET_RECHECK = 60.0
+#: Kept before the deadline (at most this, and a tenth of the wait) for a last look at the run.
+WAIT_LAST_LOOK = 1.0
 
 
 class _RunWait:
-    """Waits for a run to finish: follows its events, confirms with get_run, polls when
-    the stream cannot be had, and waits out what is retryable until the deadline (the
-    ambient deadline of every call and stream made meanwhile)."""
+    """Waits for a run to finish through the public API. It follows the run's events and
+    confirms with get_run at most once a second while new events arrive, whenever none
+    came for a while (1 s doubling to 15 s), after any stream error, and once more just
+    before its deadline; it polls on the same schedule when the stream cannot be had.
+    Errors that are ``retryable`` are waited out; the others end the wait."""
 
     def __init__(self, client: Client, project_id: Id, run_id: Id, timeout: Optional[float],
                  on_update: Optional[Callable[[PlaybookRun], None]]) -> None:
         self._client, self._project_id, self._run_id = client, project_id, run_id
-        self._timeout = timeout
+        self._timeout, self._on_update = timeout, on_update
         self._deadline = _Deadline.after(timeout)
-        self._on_update = on_update
+        self._working = _Deadline.after(None if timeout is None else timeout - min(WAIT_LAST_LOOK, timeout / 10))
         self._last_run: Optional[PlaybookRun] = None
         self._last_error: Optional[RakerOneError] = None
         self._stream_refused = False
 
     def wait(self) -> PlaybookRun:
         with self._deadline.applied():
-            delay = WAIT_POLL_FIRST
-            while True:
-                run = self._check()
-                if run is not None and run.is_terminal:
-                    return run
-                if run is not None and not self._stream_refused:
-                    run = self._follow_stream()
-                    if run is not None:
-                        return run
-                    delay = WAIT_POLL_FIRST
+            with self._working.applied():
+                run = self._watch()
+            run = run or self._check()  # the last look, in the time kept for it
+            if run is not None and run.is_terminal:
+                return run
+            _clock.sleep(self._deadline.remaining())  # the caller gave the run this long
+        if self._last_run is None:
+            message = (f"gave up waiting for run {self._run_id} after {self._timeout:g} s: "
+                       f"the API could not be reached ({self._last_error})")
+        else:
+            message = f"run {self._run_id} still {self._last_run.status or 'unfinished'} after {self._timeout:g} s"
+        raise WaitTimeoutError(message, self._last_run, self._last_error)
+
+    def _watch(self) -> Optional[PlaybookRun]:
+        """The finished run, or None once the working time is over."""
+        quiet = WAIT_POLL_FIRST
+        while not self._working.expired:
+            run = self._check()
+            if run is not None and run.is_terminal:
+                return run
+            if run is None or self._stream_refused:
                 retry_after = getattr(self._last_error, "retry_after", None) or 0.0
-                self._pause(max(delay, retry_after))
-                delay = min(delay * 2, WAIT_POLL_CAP)
+                _clock.sleep(self._working.clamp(max(quiet, retry_after)))
+                quiet = min(quiet * 2, WAIT_POLL_CAP)
+            else:
+                run, quiet = self._follow_stream(quiet)
+                if run is not None:
+                    return run
+        return None
 
     def _check(self) -> Optional[PlaybookRun]:
         """The run now, or None after trouble worth waiting out (kept in ``_last_error``)."""
@@ -2208,39 +2210,34 @@ class _RunWait:
         return run
 
     def _note_trouble(self, error: RakerOneError) -> None:
-        self._check_deadline(error)
-        if not error.retryable:
+        if not error.retryable and not _Deadline.ambient().expired:
             raise error
         logger.info("waiting for run %s: %s; trying again", self._run_id, str(error))
         self._last_error = error
 
-    def _follow_stream(self) -> Optional[PlaybookRun]:
-        """Re-check the run as events arrive (at most once a second) and when the stream
-        ends or fails; the finished run, or None to go on polling."""
-        events = self._client.iter_run_events(self._project_id, self._run_id, idle_timeout=WAIT_QUIET_RECHECK)
-        last_check = _clock.now()
+    def _follow_stream(self, quiet: float) -> tuple[Optional[PlaybookRun], float]:
+        """Follow the events until the stream ends, fails, or brings nothing new for
+        ``quiet`` seconds: the finished run if seen, and the next quiet period."""
+        events = self._client.iter_run_events(self._project_id, self._run_id, idle_timeout=quiet)
+        last_check, news = _clock.now(), False
         try:
             while self._next_event(events):
+                news = True
                 if _clock.now() - last_check >= WAIT_REFRESH_EVERY:
-                    last_check = _clock.now()
-                    run = self._check()
+                    last_check, run = _clock.now(), self._check()
                     if run is not None and run.is_terminal:
-                        return run
+                        return run, quiet
         finally:
             events.close()
-        self._check_deadline()
-        run = self._check()
-        return run if run is not None and run.is_terminal else None
+        return None, WAIT_POLL_FIRST if news else min(quiet * 2, WAIT_POLL_CAP)
 
     def _next_event(self, events: Iterator[Event]) -> bool:
-        """Whether an event arrived; False once the stream ended, went quiet or failed.
-        A stream refused for good is left for polling; get_run has the last word."""
+        """Whether a new event arrived; False once the stream ended, went quiet or failed.
+        A stream refused for good is left for polling: get_run has the last word."""
         try:
             next(events)
             return True
-        except StopIteration:
-            return False
-        except StreamTimeoutError:  # quiet for a while, or the deadline: check the run
+        except (StopIteration, StreamTimeoutError):  # ended; quiet for a while, or the deadline
             return False
         except RakerOneError as error:
             if error.retryable:
@@ -2249,23 +2246,6 @@ class _RunWait:
                 logger.info("waiting for run %s: no event stream (%s); polling instead", self._run_id, str(error))
                 self._stream_refused = True
             return False
-
-    def _pause(self, seconds: float) -> None:
-        seconds = self._deadline.clamp(seconds)
-        if seconds > 0:
-            _clock.sleep(seconds)
-        self._check_deadline()
-
-    def _check_deadline(self, error: Optional[RakerOneError] = None) -> None:
-        if not self._deadline.expired:
-            return
-        last_error = error or self._last_error
-        if self._last_run is None:
-            message = (f"gave up waiting for run {self._run_id} after {self._timeout:g} s: "
-                       f"the API could not be reached ({last_error})")
-        else:
-            message = f"run {self._run_id} still {self._last_run.status or 'unfinished'} after {self._timeout:g} s"
-        raise WaitTimeoutError(message, self._last_run, last_error)
 
 
 # -- Shortcuts -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import gzip
 import http.server
 import json
 import logging
+import math
 import os
 import pty
 import random
@@ -32,6 +33,8 @@ import uuid
 import zlib
 
 import h11
+import hypothesis
+import hypothesis.strategies
 import pytest
 import requests
 import responses
@@ -1106,7 +1109,7 @@ def test_handshake_401_raises_authentication_error_without_retrying(fake, stream
         next(stream_client.iter_run_events(PROJECT, RUN))
 
     assert raised.value.status_code == 401
-    assert fake.tickets_minted == 1 and fake.connections == 0
+    assert fake.tickets_minted == 2 and fake.connections == 0  # refused twice in a row
 
 
 @pytest.mark.parametrize("close_code, error_class", [
@@ -1121,7 +1124,7 @@ def test_not_allowed_close_codes_raise_without_retrying(fake, stream_client, clo
     with pytest.raises(error_class, match=str(close_code)):
         next(stream_client.iter_run_events(PROJECT, RUN))
 
-    assert fake.connections == 1
+    assert fake.connections == (2 if close_code == 4401 else 1)  # a ticket refused twice in a row
 
 
 def test_unknown_run_raises_not_found(fake, stream_client):
@@ -1551,7 +1554,7 @@ def test_max_outage_0_raises_on_the_first_drop(fake, stream_client, sleeps):
     assert sleeps == [] and fake.connections == 1
 
 
-def test_quiet_connections_dropped_every_second_do_not_use_up_the_outage_budget(fake, stream_client):
+def test_quiet_connections_that_answer_pings_dropped_every_second_keep_the_outage_budget(fake, stream_client):
     emit(fake, 1)
     stop = threading.Event()
 
@@ -1566,7 +1569,7 @@ def test_quiet_connections_dropped_every_second_do_not_use_up_the_outage_budget(
     dropper = threading.Thread(target=drop_every_second)
     dropper.start()
     try:
-        ids = [event.id for event in stream_client.iter_run_events(PROJECT, RUN, max_outage=2)]
+        ids = [event.id for event in stream_client.iter_run_events(PROJECT, RUN, max_outage=2, ping_interval=0.3)]
     finally:
         stop.set()
         dropper.join()
@@ -3591,13 +3594,15 @@ class MisbehavingAPI(TcpPeer):
     run (running) and the ticket, then never answers the WebSocket upgrade.
     ``trickle_frame``: accepts the upgrade, then sends one frame a byte every 0.5 s.
     ``chatty``: accepts the upgrade, then sends an event every 0.3 s, the same one again
-    after the first (a server replaying history), and the run never ends.
+    after the first (a server replaying history). ``black_hole``: accepts the upgrade,
+    then neither sends nor answers anything. The run ends ``finished_after`` seconds in.
     HTTP is parsed with h11 and the WebSocket with wsproto.
     """
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, finished_after: float = math.inf) -> None:
         super().__init__()
         self.mode = mode
+        self.finished_at = time.monotonic() + finished_after  # then the run reads as completed
 
     def serve(self, conn: socket.socket) -> None:
         conn.settimeout(0.05)
@@ -3611,7 +3616,8 @@ class MisbehavingAPI(TcpPeer):
             elif b"/ws" in request.target:
                 return self._websocket(conn, request)
             else:
-                send_h11_json(conn, http, {"run": {"id": RUN, "status": "running"}})
+                status = "completed" if time.monotonic() >= self.finished_at else "running"
+                send_h11_json(conn, http, {"run": {"id": RUN, "status": status}})
                 return
         self.stopping.wait()
 
@@ -3622,6 +3628,9 @@ class MisbehavingAPI(TcpPeer):
         ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
         ws.initiate_upgrade_connection(request.headers, request.target)
         conn.sendall(ws.send(wsproto.events.AcceptConnection()))
+        if self.mode == "black_hole":  # upgraded, then nothing: no event, no pong
+            self.stopping.wait()
+            return
         if self.mode == "chatty":
             while not self.stopping.wait(0.3):
                 conn.sendall(ws.send(wsproto.events.TextMessage(data=json.dumps({"type": "tick", "id": "e1"}))))
@@ -4176,3 +4185,185 @@ def test_the_pytest_plugin_loads_without_the_fake_extra_and_its_fixture_says_wha
 
     assert "1 passed, 1 error" in result.stdout, result.stdout + result.stderr
     assert "install rakerone with its 'fake' extra" in result.stdout
+
+
+# -- Alive, quiet, dead or expired ---------------------------------------------------------
+
+
+@pytest.mark.timeout(20)  # before, each dead connection outlived CONNECTION_WORKS_AFTER and counted as working
+def test_a_black_hole_that_upgrades_and_never_answers_is_given_up_within_the_outage_budget(no_leaks, clock):
+    with MisbehavingAPI("black_hole") as api, rakerone.Client(API_KEY, base_url=api.base_url) as client:
+        started = clock.now()
+        with pytest.raises(rakerone.StreamDisconnectedError, match=r"max_outage=3 s\): no answer to a ping"):
+            next(client.iter_run_events(PROJECT, RUN, ping_interval=0.5, ping_timeout=0.5, max_outage=3))
+        elapsed = clock.now() - started
+
+    assert elapsed < 3 + 0.5 + 0.5 + 1  # the budget, plus one attempt (and a second of slack)
+
+
+def test_a_quiet_stream_whose_tickets_expire_survives_every_expiry(fake, stream_client):
+    emit(fake, 1)
+
+    def expire_three_times_then_finish():  # each connection answers pings for ~1 s, no event
+        for connection in (1, 2, 3):
+            fake.wait_for(lambda: fake.live_connections == 1 and fake.connections == connection)
+            time.sleep(1.0)
+            fake.close_streams(4401, "ticket expired")
+        fake.wait_for(lambda: fake.connections == 4)
+        fake.finish_run_stream(PROJECT, RUN)
+
+    expirer = threading.Thread(target=expire_three_times_then_finish)
+    expirer.start()
+    try:
+        ids = [event.id for event in stream_client.iter_run_events(PROJECT, RUN, ping_interval=0.2)]
+    finally:
+        expirer.join()
+
+    assert ids == ["e1"]
+    assert fake.tickets_minted == fake.connections == 4
+
+
+def test_a_ticket_refused_at_once_after_an_expiry_raises_authentication_error(fake, stream_client):
+    emit(fake, 1)
+    events = stream_client.iter_run_events(PROJECT, RUN, ping_interval=0.2)
+    next(events)
+    fake.reject_next_connections(5, close_code=4401)  # every fresh ticket refused at once
+    fake.close_streams(4401)
+
+    with pytest.raises(rakerone.AuthenticationError, match="twice in a row"):
+        next(events)
+
+    assert fake.tickets_minted == 2  # the expired one and its replacement: refused twice in a row
+
+
+def test_duplicates_do_not_hold_off_idle_timeout(no_leaks):
+    with MisbehavingAPI("chatty") as api, rakerone.Client(API_KEY, base_url=api.base_url) as client:
+        started = time.monotonic()
+        events = client.iter_run_events(PROJECT, RUN, idle_timeout=1)
+        assert next(events).id == "e1"
+        with pytest.raises(rakerone.StreamTimeoutError, match="idle_timeout"):
+            next(events)  # e1 again every 0.3 s: no news
+        elapsed = time.monotonic() - started
+        events.close()
+
+    assert elapsed < 1.5 + rakerone.CLOSE_TIMEOUT  # the server never answers our goodbye
+
+
+def test_idle_timeout_counts_across_reconnects(fake, stream_client):
+    stop = threading.Event()
+
+    def close_idle_connections():  # as a proxy that cuts idle connections does
+        while not stop.wait(0.4):
+            fake.close_streams(1001)
+
+    closer = threading.Thread(target=close_idle_connections)
+    closer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(rakerone.StreamTimeoutError, match="idle_timeout"):
+            list(stream_client.iter_run_events(PROJECT, RUN, idle_timeout=1.5))
+    finally:
+        stop.set()
+        closer.join()
+
+    assert 1.5 <= time.monotonic() - started < 2.5
+    assert fake.connections >= 3
+
+
+def test_run_wait_notices_a_finished_run_despite_a_duplicate_heartbeat(no_leaks):
+    with MisbehavingAPI("chatty", finished_after=1.5) as api:
+        env = dict(os.environ, RAKERONE_API_KEY=API_KEY, RAKERONE_BASE_URL=api.base_url)
+        started = time.monotonic()
+        result = run_cli(env, "run", "wait", "--timeout", "8", PROJECT, RUN)
+        elapsed = time.monotonic() - started
+
+    assert result.returncode == 0, result.stderr
+    assert elapsed < 5
+
+
+def test_wait_for_run_notices_a_run_finished_without_a_final_event(fake, stream_client):
+    finisher = threading.Timer(1.0, lambda: fake.update_run(PROJECT, RUN, status="completed"))
+    finisher.start()
+    started = time.monotonic()
+    try:
+        run = stream_client.wait_for_run(PROJECT, RUN, timeout=20)
+    finally:
+        finisher.join()
+
+    assert run.status == "completed"
+    assert time.monotonic() - started < 4
+
+
+def test_wait_for_run_takes_a_last_look_before_its_deadline(no_leaks):
+    with MisbehavingAPI("chatty", finished_after=1.3) as api, \
+            rakerone.Client(API_KEY, base_url=api.base_url) as client:
+        run = client.wait_for_run(PROJECT, RUN, timeout=2)
+
+    assert run.status == "completed"
+
+
+class FakeTime:
+    """A clock for the policy alone: time passes only when the test or a sleep says so."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.sleeps: list = []
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+
+EVIDENCE = hypothesis.strategies.lists(hypothesis.strategies.one_of(
+    hypothesis.strategies.tuples(hypothesis.strategies.just("advance"), hypothesis.strategies.floats(0, 30)),
+    hypothesis.strategies.tuples(hypothesis.strategies.sampled_from(
+        ["open", "event", "answered", "duplicate", "refused"]), hypothesis.strategies.just(0.0)),
+    hypothesis.strategies.tuples(hypothesis.strategies.just("lost"),
+                                 hypothesis.strategies.sampled_from([0.0, 0.5, 5.0, 90.0])),
+), max_size=40)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(max_outage=hypothesis.strategies.sampled_from([0.0, 1.0, 10.0, 60.0]), steps=EVIDENCE)
+def test_the_reconnect_policy_keeps_its_budget_whatever_the_evidence(max_outage, steps):
+    fake_time = FakeTime()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rakerone, "_clock", fake_time)
+        alive = rakerone._Liveness("/p", rakerone._StreamSettings(max_outage=max_outage))
+        # The model: when the outage began (None while a connection shows life), refusals in a row.
+        outage_since, opened_at, refusals = fake_time.t, fake_time.t, 0
+        for kind, value in steps:
+            if kind == "advance":
+                fake_time.t += value
+            elif kind == "open":
+                alive.opened()
+                opened_at = fake_time.t
+            elif kind == "event" or (kind == "answered" and fake_time.t - opened_at >= 0.5 and outage_since):
+                alive.shown_life() if kind == "event" else alive.answered()
+                outage_since, refusals = None, 0
+            elif kind in ("answered", "duplicate"):
+                alive.answered() if kind == "answered" else None  # no evidence yet, or none at all
+            else:
+                outage_since = fake_time.t if outage_since is None else outage_since
+                outage, slept = fake_time.t - outage_since, len(fake_time.sleeps)
+                error = rakerone.ServerError("the server restarts", retry_after=value or None)
+                if kind == "refused":
+                    refusals += 1
+                    if refusals >= 2:
+                        with pytest.raises(rakerone.AuthenticationError):
+                            alive.ended(rakerone._Lost(error, refused=True))
+                        return
+                    alive.ended(rakerone._Lost(error, refused=True))
+                    assert len(fake_time.sleeps) == slept  # a fresh ticket at once
+                elif max_outage == 0 or outage >= max_outage or value > max_outage - outage:
+                    with pytest.raises(rakerone.StreamDisconnectedError):
+                        alive.ended(rakerone._Lost(error))
+                    return
+                else:
+                    alive.ended(rakerone._Lost(error))
+                    delay = fake_time.sleeps[-1]
+                    assert value <= delay <= max(value, rakerone.RECONNECT_BACKOFF_CAP)  # never sooner
+                    assert delay <= max_outage - outage
