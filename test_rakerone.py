@@ -4206,7 +4206,7 @@ def test_a_quiet_stream_whose_tickets_expire_survives_every_expiry(fake, stream_
 
     def expire_three_times_then_finish():  # each connection answers pings for ~1 s, no event
         for connection in (1, 2, 3):
-            fake.wait_for(lambda: fake.live_connections == 1 and fake.connections == connection)
+            fake.wait_for(lambda n=connection: fake.live_connections == 1 and fake.connections == n)
             time.sleep(1.0)
             fake.close_streams(4401, "ticket expired")
         fake.wait_for(lambda: fake.connections == 4)
