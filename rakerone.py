@@ -1740,9 +1740,9 @@ class _FrameReader:
     sock: Optional[socket.socket]
     connected: bool
 
-    def __init__(self, *, skip_utf8_validation: bool = False, **options: Any) -> None:
-        super().__init__(skip_utf8_validation=skip_utf8_validation, **options)  # type: ignore[call-arg]
-        self._skip_utf8_validation = skip_utf8_validation
+    def __init__(self, *args: Any, **options: Any) -> None:  # as websocket-client's, positional or not
+        super().__init__(*args, **options)
+        self._skip_utf8_validation = bool(getattr(getattr(self, "frame_buffer", None), "skip_utf8_validation", False))
         self._buffer = bytearray(READ_AHEAD_BYTES)
         self._view = memoryview(self._buffer)
         self._start = self._end = 0  # the bytes read and not yet parsed: _buffer[_start:_end]
@@ -1782,9 +1782,7 @@ class _FrameReader:
             if (first == 0x81 or first == 0x82) and payload_end <= end and length <= self.max_message_bytes:
                 self._start = payload_end
                 self._message_bytes = length
-                # A bytearray: joining fragments then appends in place, and ABNF and
-                # validate() take it as they do bytes.
-                frame = self.websocket.ABNF(1, 0, 0, 0, first & 0x0F, 0, buffer[payload_start:payload_end])
+                frame = self.websocket.ABNF(1, 0, 0, 0, first & 0x0F, 0, self._view[payload_start:payload_end].tobytes())
                 frame.validate(self._skip_utf8_validation)
                 return frame
         return self._recv_any_frame()
@@ -1793,13 +1791,11 @@ class _FrameReader:
         if self._header is None:
             self._header = self._read_header()
         first, length, mask_key = self._header
-        payload: Union[bytes, bytearray] = self._read_payload(length)
+        payload = self._read_payload(length)
         self._header = None
         opcode, abnf = first & 0x0F, self.websocket.ABNF
         if mask_key is not None:  # servers must not mask; websocket-client unmasks anyway
-            payload = abnf.mask(mask_key, bytes(payload))
-        elif opcode >= _OPCODE_CLOSE:
-            payload = bytes(payload)  # as websocket-client's close and pong code expect
+            payload = abnf.mask(mask_key, payload)
         frame = abnf(first >> 7, first >> 6 & 1, first >> 5 & 1, first >> 4 & 1, opcode,
                      int(mask_key is not None), payload)
         frame.validate(self._skip_utf8_validation)
@@ -1849,12 +1845,13 @@ class _FrameReader:
                 self._start, self._end = 0, kept
             self._end += self._read_into(self._view[self._end:])
 
-    def _read_payload(self, length: int) -> bytearray:
+    def _read_payload(self, length: int) -> bytes:
+        """The payload as bytes, as websocket-client's own frames carry it."""
         if self._payload is None:
             start, available = self._start, self._end - self._start
             if available >= length:
                 self._start = start + length
-                return self._buffer[start:start + length]
+                return self._view[start:start + length].tobytes()
             self._payload = bytearray(length)
             self._payload[:available] = self._view[start:self._end]
             self._payload_view = memoryview(self._payload)
@@ -1863,9 +1860,9 @@ class _FrameReader:
         assert payload is not None and view is not None
         while self._filled < length:
             self._filled += self._read_into(view[self._filled:])
-        view.release()  # or the payload could not grow when websocket-client joins fragments
+        view.release()
         self._payload = self._payload_view = None
-        return payload
+        return bytes(payload)
 
     def _read_into(self, view: memoryview) -> int:
         """One read, with websocket-client's exceptions for a timeout or a closed socket.
@@ -1883,6 +1880,8 @@ class _FrameReader:
             count = sock.recv_into(view)
         except socket.timeout as exc:
             raise websocket.WebSocketTimeoutException(str(exc) or "timed out") from None
+        finally:
+            view.release()  # the caller's slice: no export of our buffers outlives the read
         if not count:
             self.connected = False
             raise websocket.WebSocketConnectionClosedException("Connection to remote host was lost.")

@@ -31,6 +31,7 @@ import traceback
 import urllib.parse
 import uuid
 import zlib
+from typing import Optional
 
 import h11
 import hypothesis
@@ -4367,3 +4368,125 @@ def test_the_reconnect_policy_keeps_its_budget_whatever_the_evidence(max_outage,
                     delay = fake_time.sleeps[-1]
                     assert value <= delay <= max(value, rakerone.RECONNECT_BACKOFF_CAP)  # never sooner
                     assert delay <= max_outage - outage
+
+
+# -- The stream reader keeps websocket-client's contract -------------------------------------
+
+
+@contextlib.contextmanager
+def reader_on_a_socketpair(*args, **options):
+    """rakerone's WebSocket reader on one end of a socketpair, connected; and the other end."""
+    ours, peer = socket.socketpair()
+    ws = rakerone._read_ahead_websocket_class()(*args, **options)
+    ws.sock, ws.connected = ours, True
+    try:
+        yield ws, peer
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_the_reader_gives_recv_text_as_str_and_binary_as_bytes():
+    with reader_on_a_socketpair() as (ws, peer):
+        peer.sendall(b"\x81\x05Hello\x82\x03abc")
+
+        assert (ws.recv(), ws.recv()) == ("Hello", b"abc")
+
+
+def test_a_first_fragment_cut_by_a_timeout_joins_even_while_its_exception_is_kept(monkeypatch):
+    import websocket
+
+    monkeypatch.setattr(rakerone, "READ_AHEAD_BYTES", 64)  # a 200-byte payload takes the long way
+    kept = []
+    with reader_on_a_socketpair() as (ws, peer):
+        ws.settimeout(0.05)
+        first, second = b"a" * 200, b"b" * 10
+        fragment = bytes([0x01, 126]) + len(first).to_bytes(2, "big") + first  # text, not final
+        peer.sendall(fragment[:100])
+        with pytest.raises(websocket.WebSocketTimeoutException) as timed_out:
+            ws.recv()
+        kept.append(timed_out.value)  # its traceback holds the reader's frames
+        peer.sendall(fragment[100:] + bytes([0x80, len(second)]) + second)
+
+        assert ws.recv() == "a" * 200 + "b" * 10
+
+
+def test_the_reader_takes_websocket_clients_arguments_positionally_too():
+    def mask_key(length):
+        return b"\0" * length
+
+    with reader_on_a_socketpair(mask_key, None, None, False, False, True) as (ws, peer):
+        peer.sendall(b"\x81\x02\xff\xfe")  # not UTF-8: only a reader told to skip the check passes it
+
+        assert ws.get_mask_key is mask_key
+        assert ws.recv_data()[1] == b"\xff\xfe"
+
+
+def frame_bytes(opcode: int, payload: bytes, fin: bool, mask: Optional[bytes]) -> bytes:
+    length = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    mask_bit = 0x80 if mask else 0
+    if length < 126:
+        head += bytes([mask_bit | length])
+    elif length < 65536:
+        head += bytes([mask_bit | 126]) + length.to_bytes(2, "big")
+    else:
+        head += bytes([mask_bit | 127]) + length.to_bytes(8, "big")
+    if mask:
+        payload = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+        head += mask
+    return head + payload
+
+
+FRAMES = hypothesis.strategies.lists(hypothesis.strategies.one_of(
+    hypothesis.strategies.tuples(  # data and continuation frames, of every length class
+        hypothesis.strategies.sampled_from([0x0, 0x1, 0x2]), hypothesis.strategies.booleans(),
+        hypothesis.strategies.binary(max_size=300) | hypothesis.strategies.binary(min_size=65536, max_size=66000)),
+    hypothesis.strategies.tuples(  # control frames: always final, at most 125 bytes
+        hypothesis.strategies.sampled_from([0x9, 0xA]), hypothesis.strategies.just(True),
+        hypothesis.strategies.binary(max_size=125)),
+), min_size=1, max_size=8)
+
+
+def read_frames(ws, peer, stream: bytes, cuts: list) -> list:
+    """Feed ``stream`` to ``ws`` in pieces cut at ``cuts``, reading after each piece until
+    a read times out; the frames read, the timeouts seen and the error that ended it."""
+    import websocket
+
+    seen, pieces = [], [stream[i:j] for i, j in zip([0, *cuts], [*cuts, len(stream)])]
+    for piece in pieces:
+        peer.sendall(piece)
+        while True:
+            try:
+                opcode, frame = ws.recv_data_frame(True)
+            except websocket.WebSocketTimeoutException:
+                seen.append("timeout")
+                break
+            except Exception as exc:  # noqa: BLE001 - the same error is the point
+                return [*seen, type(exc).__name__]
+            seen.append((opcode, bytes(frame.data), type(frame.data).__name__))
+    return seen
+
+
+@hypothesis.settings(max_examples=60, deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow])
+@hypothesis.given(frames=FRAMES, masked=hypothesis.strategies.booleans(), data=hypothesis.strategies.data())
+def test_the_reader_gives_the_same_frames_or_errors_as_websocket_client(frames, masked, data):
+    import websocket
+
+    stream = b"".join(frame_bytes(opcode, payload, fin, b"\x01\x02\x03\x04" if masked else None)
+                      for opcode, fin, payload in frames)
+    cuts = sorted(set(data.draw(hypothesis.strategies.lists(
+        hypothesis.strategies.integers(1, max(1, len(stream) - 1)), max_size=6))))
+    results = []
+    for make in (websocket.WebSocket, rakerone._read_ahead_websocket_class()):
+        ours, peer = socket.socketpair()
+        ws = make(skip_utf8_validation=True)
+        ws.sock, ws.connected = ours, True
+        ws.settimeout(0.01)
+        try:
+            results.append(read_frames(ws, peer, stream, cuts))
+        finally:
+            ours.close()
+            peer.close()
+
+    assert results[1] == results[0]
