@@ -20,12 +20,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import base64
 import collections
 import contextlib
 import contextvars
 import datetime
 import functools
 import hashlib
+import importlib.util
 import io
 import ipaddress
 import json
@@ -41,7 +43,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional, Union, cast
 from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
@@ -119,6 +121,9 @@ DEDUPE_WINDOW = 10_000
 DEDUPE_DIGEST_ABOVE = 64
 #: How many bytes a stream reads from its socket at a time (see _read_ahead_websocket_class).
 READ_AHEAD_BYTES = 256 * 1024
+#: The most the answer to a WebSocket upgrade may hold (as http.client allows a header block).
+UPGRADE_ANSWER_BYTES, UPGRADE_ANSWER_LINES = 64 * 1024, 102
+_WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's, for Sec-WebSocket-Accept
 #: How long closing a stream waits for the server to answer our close frame.
 CLOSE_TIMEOUT = 1.0
 #: Close codes after which a stream reconnects (besides a dropped connection).
@@ -269,11 +274,12 @@ _ALWAYS = "always"  # the server cannot have acted on it
 
 @attrs.frozen
 class _Answer:
-    """An error answer: an HTTP status of 300 or more, or a refused WebSocket upgrade."""
+    """An error answer (an HTTP status of 300 or more, or a refused WebSocket upgrade),
+    its page already redacted."""
 
     status: int
     headers: Mapping[str, str]
-    content: bytes
+    text: str
     response: Optional[requests.Response] = None
 
 
@@ -388,8 +394,7 @@ def _close_error(closed: _Closed) -> tuple[RakerOneError, str]:
 
 def _answer_error(answer: _Answer, what: str, secrets: _Secrets) -> APIError:
     """Our error for an error answer (HTTP, or a WebSocket upgrade), redacted whole."""
-    status, headers = answer.status, answer.headers
-    text = secrets.redact(answer.content.decode("utf-8", "replace"))
+    status, headers, text = answer.status, answer.headers, answer.text
     try:
         body = json.loads(text) if text.strip() else None
     except (ValueError, RecursionError):
@@ -448,7 +453,7 @@ def _reason(exc: BaseException) -> str:
     reason = getattr(reason, "reason", reason)
     text = re.sub(r"<[^>]*object at 0x[0-9a-f]+>:?\s*", "", str(reason))  # urllib3 1.26's
     text = re.sub(r"\b\w*HTTPS?Connection\(host=[^)]*\):\s*", "", text)  # urllib3 2's
-    return text or type(reason).__name__
+    return text[:300] or type(reason).__name__
 
 
 # -- Secrets ---------------------------------------------------------------------------
@@ -457,29 +462,45 @@ _TICKET_IN_URL = re.compile(r"(ticket=)[^&#\s'\"]+", re.IGNORECASE)
 _BEARER_TOKEN = re.compile(r"(Bearer\s+)[^\s'\",;]+", re.IGNORECASE)
 
 
+def _secret_forms(secret: str) -> frozenset[str]:
+    """Every form a secret travels in: raw; percent-encoded (``quote``, ``quote_plus``, and
+    byte by byte); JSON-escaped (as is, and as ``\\u`` escapes); base64, alone and as
+    Basic auth's ``secret:``; HTML character references (decimal and hex)."""
+    raw = secret.encode("utf-8", "surrogatepass")
+    return frozenset({
+        secret, quote(secret, safe=""), quote(secret), quote_plus(secret), json.dumps(secret)[1:-1],
+        "".join(f"%{byte:02x}" for byte in raw), "".join(f"\\u{ord(char):04x}" for char in secret),
+        base64.b64encode(raw).decode().rstrip("="), base64.b64encode(raw + b":").decode().rstrip("="),
+        "".join(f"&#{ord(char)};" for char in secret), "".join(f"&#x{ord(char):x};" for char in secret)})
+
+
 class _Secrets:
-    """The API key and the tickets minted lately, hidden in every text we quote: raw,
-    percent-encoded and JSON-escaped, with any bearer token or ``ticket=`` value. The
-    key is kept apart from the tickets, so no number of tickets can push it out."""
+    """The API key and the tickets minted lately, hidden in every text we quote, in every
+    form of _secret_forms, with any bearer token or ``ticket=`` value. The key is kept
+    apart from the tickets, so no number of tickets can push it out."""
 
     def __init__(self, key: Optional[str]) -> None:
-        self._key = key
-        self._tickets: collections.deque[str] = collections.deque(maxlen=TICKETS_REMEMBERED)
+        self._key_forms = _secret_forms(key) if key else frozenset()
+        self._tickets: collections.deque[frozenset[str]] = collections.deque(maxlen=TICKETS_REMEMBERED)
+        self._forms: Optional[list[str]] = None  # longest first
         self._pattern: Optional[re.Pattern[str]] = None
 
     def add_ticket(self, ticket: str) -> None:
-        self._tickets.append(ticket)
+        self._tickets.append(_secret_forms(ticket))
         self._pattern = None
 
-    def redact(self, text: str) -> str:
-        pattern = self._pattern
-        if pattern is None:
-            forms = {form for secret in (self._key, *self._tickets) if secret
-                     for form in (secret, quote(secret, safe=""), quote(secret), quote_plus(secret),
-                                  json.dumps(secret)[1:-1])}
-            alternatives = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
-            pattern = self._pattern = re.compile(alternatives or r"(?!)", re.IGNORECASE)
-        text = pattern.sub("***", text)
+    def redact(self, text: str, cut: bool = False) -> str:
+        """``text`` with every secret hidden; ``cut``: it was cut short, so a secret's first
+        part at its very end is hidden too."""
+        if self._pattern is None:
+            self._forms = sorted(self._key_forms.union(*self._tickets), key=len, reverse=True)
+            self._pattern = re.compile("|".join(map(re.escape, self._forms)) or r"(?!)", re.IGNORECASE)
+        text = self._pattern.sub("***", text)
+        tail = text[-max(map(len, self._forms or [""])):].lower() if cut else ""
+        for form in self._forms or () if tail else ():
+            size = next((size for size in range(len(form) - 1, 3, -1) if tail.endswith(form[:size].lower())), 0)
+            if size:
+                text, tail = text[:-size] + "***", ""
         return _TICKET_IN_URL.sub(r"\1***", _BEARER_TOKEN.sub(r"\1***", text))
 
     def excerpt(self, content: Union[bytes, str], limit: int = 200) -> str:
@@ -488,6 +509,17 @@ class _Secrets:
             content = bytes(content).decode("utf-8", "replace")
         text = self.redact(" ".join(content.split()))
         return text[:limit] + ("..." if len(text) > limit else "")
+
+    def request(self, request: Optional[requests.PreparedRequest]) -> Optional[requests.PreparedRequest]:
+        """A copy of a request safe to keep: no key in its headers, no secret in its URL."""
+        if request is None:
+            return None
+        kept = request.copy()
+        if "Authorization" in kept.headers:
+            kept.headers["Authorization"] = "Bearer ***"
+        kept.url = self.redact(kept.url or "")
+        return kept
+
 
 # -- Models ----------------------------------------------------------------------------
 
@@ -670,6 +702,8 @@ class Event:
 Timeout = Union[float, tuple[float, float]]
 #: An id as the API takes it: a string, or an int or UUID written out.
 Id = Union[str, int, uuid.UUID]
+#: A query: a mapping, or pairs (a name may repeat: ``[("status", "a"), ("status", "b")]``).
+Params = Union[Mapping[str, Any], Sequence[tuple[str, Any]], None]
 
 
 def _checked_number(name: str, value: Any, *, whole: bool = False, zero: bool = False,
@@ -720,8 +754,8 @@ def _check_user_agent(user_agent: Any) -> Optional[str]:
 
 def _is_loopback(host: Optional[str]) -> bool:
     """Only names that never leave the machine: ``localhost`` and loopback literals
-    (``foo.localhost`` is resolved through DNS, so it does not count)."""
-    if host is not None and host.lower() in ("localhost", "localhost."):
+    (``localhost.`` and ``foo.localhost`` are resolved through DNS, so they do not count)."""
+    if host is not None and host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host or "").is_loopback
@@ -739,6 +773,11 @@ def _check_base_url(base_url: Any, allow_insecure_http: bool) -> str:
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
         raise ConfigurationError(f"base_url {base_url!r} is not a valid URL: {exc}") from None
+    try:  # requests' own check (spaces, control characters), and the name as a resolver takes it
+        requests.PreparedRequest().prepare_url(base_url.strip(), None)
+        (host or "").encode("idna")
+    except (requests.RequestException, UnicodeError, ValueError) as exc:
+        raise ConfigurationError(f"base_url {_Secrets(None).redact(base_url)!r} is not a usable URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not host:
         raise ConfigurationError(f"base_url must be an http(s) URL with a host, such as {DEFAULT_BASE_URL!r}; "
                                  f"got {_Secrets(None).redact(base_url)!r}")
@@ -813,6 +852,10 @@ def _path_segment(name: str, value: Any) -> str:
         value = str(value)
     if not isinstance(value, str):
         raise ConfigurationError(f"{name} must be a str, int or UUID, not {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: bytes that were not UTF-8 on the command line
+        raise ConfigurationError(f"{name} {value!r} is not valid text (UTF-8)") from None
     if not value.strip() or value in (".", ".."):
         raise ConfigurationError(f"{name} must not be empty" if not value.strip() else f"{name} {value!r} is not a valid id")
     return quote(value, safe="")
@@ -846,6 +889,15 @@ def _fill_path(template: Any, ids: tuple[Any, ...]) -> str:
     if any(unquote(segment) in (".", "..") for segment in path.split("/")):
         raise ConfigurationError(f"path {template!r} must not hold '.' or '..' segments")
     return path
+
+
+def _check_json(body: Any) -> Any:
+    """A request body requests can send as JSON (no NaN or infinity), or ConfigurationError."""
+    try:
+        json.dumps(body, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ConfigurationError(f"json= must be plain JSON data (no NaN, infinity or other objects): {exc}") from None
+    return body
 
 
 def _check_method(method: Any) -> str:
@@ -1180,8 +1232,16 @@ def _check_route(origin: str, route: Mapping[str, Any], allow_insecure_http: boo
     for what, name in files:
         if name and not os.path.exists(name):
             raise ConfigurationError(f"the {what} {name!r} does not exist")
-    proxy = requests.utils.select_proxy(origin, dict(route["proxies"]))
-    proxy_host = proxy and urlsplit(proxy if "://" in proxy else "http://" + proxy).hostname
+    proxy = requests.utils.select_proxy(origin, dict(route["proxies"])) or ""
+    try:
+        proxy_parts = urlsplit(proxy if not proxy or "://" in proxy else "http://" + proxy)
+        proxy_parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise ConfigurationError(f"the proxy URL for {origin} is not usable ({exc})") from None
+    if proxy_parts.scheme.startswith("socks") and importlib.util.find_spec("socks") is None:
+        raise ConfigurationError(f"the proxy for {origin} is a SOCKS proxy, which needs PySocks: "
+                                 "pip install 'requests[socks]'")
+    proxy_host = proxy and proxy_parts.hostname
     if origin.startswith("http:") and proxy and not _is_loopback(proxy_host) and not allow_insecure_http:
         raise ConfigurationError(
             f"refusing to send credentials in clear to {urlsplit(origin).hostname} through the proxy at "
@@ -1218,8 +1278,8 @@ class _Transport:
         if self._owns_session:
             self._session.close()
 
-    def call(self, method: str, path: str, *, params: Optional[Mapping[str, Any]] = None,
-             body: Any = None, resend_unsafe: bool = False) -> Any:
+    def call(self, method: str, path: str, *, params: Params = None, body: Any = None,
+             resend_unsafe: bool = False) -> Any:
         """Send one API request with retries; its decoded JSON body (None when empty)."""
         what, may_resend = f"{method} {path}", resend_unsafe or method in IDEMPOTENT_METHODS
         attempt = 0
@@ -1250,8 +1310,7 @@ class _Transport:
         delay: float = _backoff(attempt, RETRY_BACKOFF_BASE, RETRY_BACKOFF_CAP) if retry_after is None else retry_after
         return delay if delay < _Deadline.ambient().remaining() else None
 
-    def _attempt(self, method: str, path: str, what: str, params: Optional[Mapping[str, Any]],
-                 body: Any, may_resend: bool) -> Any:
+    def _attempt(self, method: str, path: str, what: str, params: Params, body: Any, may_resend: bool) -> Any:
         """One exchange, bounded end to end by the watchdog; its decoded JSON body. Failures
         leave as _Failed, built outside the except blocks (no context carries a secret)."""
         self._check_fork()
@@ -1264,7 +1323,7 @@ class _Transport:
         route, attempt = self.route(self.settings.base_url), _Attempt(deadline, self)
         failure: Optional[Exception] = None
         response: Optional[requests.Response] = None
-        content = b""
+        content, cut = b"", False
         _watchdog.watch(attempt)
         _current.attempt = attempt
         try:
@@ -1273,7 +1332,7 @@ class _Transport:
                 attempt.connection = response.raw  # or else through its socket
                 if not hasattr(response.raw, "shutdown"):
                     attempt.sock = getattr(getattr(response.raw, "connection", None), "sock", None)
-            content = self._read_body(response, method)
+            content, cut = self._read_body(response, method)
         except (requests.RequestException, _BadBody) as exc:
             failure = exc
         finally:
@@ -1287,13 +1346,18 @@ class _Transport:
             raise self._failed(failure, what)
         logger.debug("%s -> %s", what, response.status_code)
         if response.status_code >= 300:
-            raise self._failed(_Answer(response.status_code, response.headers, content,
-                                       self._scrubbed(response, content)), what)
+            page = self.secrets.redact(content.decode("utf-8", "replace"), cut=cut)
+            raise self._failed(_Answer(response.status_code, response.headers, page, self._scrubbed(response, page)),
+                               what)
         return self._decode(response, content, what)
 
     def _failed(self, failure: Any, what: str, stream: bool = False) -> _Failed:
         error, kind = _classify(failure, what, self.secrets, self.settings.attempt_seconds, stream)
-        return _Failed(error, kind, failure if isinstance(failure, requests.RequestException) else None)
+        if not isinstance(failure, requests.RequestException):
+            return _Failed(error, kind)
+        failure.request = self.secrets.request(cast(Optional[requests.PreparedRequest], failure.request))
+        failure.response = None  # the exception is kept as the cause: nothing in it may hold the key
+        return _Failed(error, kind, failure)
 
     def _send(self, prepared: requests.PreparedRequest, route: dict[str, Any], attempt: _Attempt,
               may_resend: bool, what: str) -> requests.Response:
@@ -1318,13 +1382,14 @@ class _Transport:
             _watchdog.watch(attempt)  # giving the closed connection back unwatched it
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _read_body(self, response: requests.Response, method: str) -> bytes:
+    def _read_body(self, response: requests.Response, method: str) -> tuple[bytes, bool]:
         """The whole body, refused unread when compressed or over the size limit (an error
-        page is read only as far as its message needs, and not when compressed)."""
+        page is read only as far as its message needs, and not when compressed); and
+        whether it was cut short."""
         status, limit = response.status_code, self.settings.max_response_bytes
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
         if method == "HEAD" or status in (204, 304) or (status >= 300 and encoding not in ("", "identity")):
-            return b""  # no body; or a compressed error page, judged by its status (a proxy's gzip 503)
+            return b"", False  # no body; or a compressed error page, judged by its status (a proxy's gzip 503)
         if encoding not in ("", "identity"):
             raise _BadBody("compressed", f"answered HTTP {status} with a {encoding!r}-compressed body "
                            "although the client asked for none; refusing to decompress it")
@@ -1333,18 +1398,19 @@ class _Transport:
         if length.isdigit() and int(length) > limit and status < 300:
             raise _BadBody("too large", too_large.format(f"announced {int(length):,} bytes"))
         limit = min(limit, ERROR_PAGE_BYTES) if status >= 300 else limit
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+        size = 0
         for chunk in response.iter_content(64 * 1024):
             size += len(chunk)
             if size > limit and status >= 300:
-                break  # an excerpt is all an error message needs
+                return b"".join(chunks + [chunk])[:limit], True  # an excerpt is all a message needs
             if size > limit:
                 raise _BadBody("too large", too_large.format(f"sent more than {limit:,} bytes"))
             chunks.append(chunk)
         content = b"".join(chunks)
         if length.isdigit() and len(content) < int(length) and status < 300:
             raise _BadBody("truncated", f"the connection closed after {len(content):,} of {int(length):,} bytes")
-        return content
+        return content, False
 
     def _decode(self, response: requests.Response, content: bytes, what: str) -> Any:
         if not content.strip():
@@ -1357,15 +1423,14 @@ class _Transport:
         raise self._failed(_BadBody(
             "unreadable", f"answered HTTP {response.status_code} with a body that is {problem}", content), what)
 
-    def _scrubbed(self, response: requests.Response, content: bytes) -> requests.Response:
-        """The error answer as errors keep it: read, and without the key in its request."""
+    def _scrubbed(self, response: requests.Response, page: str) -> requests.Response:
+        """The error answer as errors keep it (and pickle it): read, redacted, and its
+        request without the key."""
         kept = requests.Response()
-        kept.status_code, kept.reason, kept.encoding = response.status_code, response.reason, response.encoding
-        kept.headers, kept.url, kept.raw = response.headers, self.secrets.redact(response.url or ""), io.BytesIO(content)
-        if response.request is not None:
-            kept.request = response.request.copy()
-            kept.request.headers["Authorization"] = "Bearer ***"
-            kept.request.url = self.secrets.redact(kept.request.url or "")
+        kept.status_code, kept.reason, kept.encoding = response.status_code, response.reason, "utf-8"
+        kept.headers, kept.url, kept.raw = response.headers, self.secrets.redact(response.url or ""), io.BytesIO(
+            page.encode())
+        kept.request = self.secrets.request(response.request)  # type: ignore[assignment]
         return kept
 
     def route(self, url: str) -> dict[str, Any]:
@@ -1405,16 +1470,20 @@ class _Transport:
         proxy = _stream_proxy(url, route, self.secrets)
         deadline = _Deadline.ambient().sooner(self.settings.attempt_seconds)
         ws = _read_ahead_websocket_class()(skip_utf8_validation=True, enable_multithread=False)
-        attempt, failure = _Attempt(deadline, self), None
+        attempt, failure, key = _Attempt(deadline, self), None, base64.b64encode(os.urandom(16)).decode()
         attempt.connection = ws
         logger.debug("%s: connecting to %s", what, self.secrets.redact(url))
         _watchdog.watch(attempt)
         _current.attempt = attempt
         try:
             sock = attempt.sock = _stream_socket(url, route, proxy, deadline.remaining())
-            ws.connect(url, socket=sock, header={"User-Agent": self.settings.user_agent}, redirect_limit=0)
+            ws.connect(url, socket=_BoundedUpgrade(sock), redirect_limit=0,
+                       header={"User-Agent": self.settings.user_agent, "Sec-WebSocket-Key": key})
+            ws.sock = sock  # upgraded: frames are read from the socket itself
+            failure = _upgrade_refusal(ws.handshake_response, key)
         except Exception as exc:  # noqa: BLE001 - the classifier sorts them out
-            failure = exc
+            answered = ws.handshake_response is not None  # a redirect, say ("Redirect limit exhausted")
+            failure = (_upgrade_refusal(ws.handshake_response, key) if answered else None) or exc
         finally:
             _current.attempt = None
             _watchdog.unwatch(attempt)
@@ -1424,9 +1493,42 @@ class _Transport:
         if isinstance(failure, websocket.WebSocketBadStatusException) and attempt.cut is None:
             body = getattr(failure, "resp_body", None) or b""
             headers = requests.structures.CaseInsensitiveDict(getattr(failure, "resp_headers", None) or {})
-            raise self._failed(_Answer(failure.status_code, headers, body if isinstance(body, bytes) else body.encode()),
-                               what, stream=True)
+            page = self.secrets.redact(body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body))
+            raise self._failed(_Answer(failure.status_code, headers, page), what, stream=True)
         raise self._failed(_Cut(attempt.cut) if attempt.cut is not None else failure, what, stream=True)
+
+
+class _BoundedUpgrade:
+    """The socket as websocket-client sees it during the upgrade, whose answer it reads a
+    byte at a time with no limit: the answer may hold UPGRADE_ANSWER_BYTES and
+    UPGRADE_ANSWER_LINES at most (http.client's limits)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock, self._read, self._lines = sock, 0, 0
+
+    def recv(self, size: int) -> bytes:
+        data = self._sock.recv(max(1, min(size, UPGRADE_ANSWER_BYTES - self._read)))
+        self._read, self._lines = self._read + len(data), self._lines + data.count(b"\n")
+        if self._read >= UPGRADE_ANSWER_BYTES or self._lines > UPGRADE_ANSWER_LINES:
+            raise StreamError(f"the answer to the WebSocket upgrade is over {UPGRADE_ANSWER_BYTES // 1024} KiB "
+                              f"or {UPGRADE_ANSWER_LINES} lines; refused")
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _upgrade_refusal(answer: Any, key: str) -> Any:
+    """None for a 101 whose ``Sec-WebSocket-Accept`` answers our key; else what to judge
+    (websocket-client 1.4 takes a 3xx for an open socket, so we check on every release)."""
+    status = getattr(answer, "status", None)
+    headers = requests.structures.CaseInsensitiveDict(getattr(answer, "headers", None) or {})
+    accept = base64.b64encode(hashlib.sha1((key + _WEBSOCKET_GUID).encode()).digest()).decode()
+    if status == 101:
+        return None if headers.get("Sec-WebSocket-Accept") == accept else StreamError(
+            "the answer to the WebSocket upgrade does not carry the Sec-WebSocket-Accept our key asks "
+            "for: something between here and the API does not speak WebSocket")
+    return _Answer(status or 0, headers, "")
 
 
 def _stream_proxy(url: str, route: Mapping[str, Any], secrets: _Secrets) -> Optional[tuple[str, int, Any]]:
@@ -2077,8 +2179,7 @@ class Client:
         self._transport.secrets.add_ticket(ticket.ticket)
         return ticket
 
-    def request(self, method: str, path: str, *ids: Id, params: Optional[Mapping[str, Any]] = None,
-                json: Any = None) -> Any:
+    def request(self, method: str, path: str, *ids: Id, params: Params = None, json: Any = None) -> Any:
         """Call any API endpoint through this client's auth, retries and errors.
 
         ``path`` is relative to the base URL; each ``{}`` in it is filled with one of
@@ -2086,7 +2187,8 @@ class Client:
         empty answer). POST and PATCH are resent only when the server cannot have
         acted on them (no connection, or 429/503).
         """
-        return self._transport.call(_check_method(method), _fill_path(path, ids), params=params, body=json)
+        return self._transport.call(_check_method(method), _fill_path(path, ids), params=params,
+                                    body=_check_json(json))
 
     def wait_for_run(self, project_id: Id, run_id: Id, *, timeout: Optional[float] = None,
                      on_update: Optional[Callable[[PlaybookRun], None]] = None) -> PlaybookRun:
@@ -2275,8 +2377,7 @@ def wait_for_run(project_id: Id, run_id: Id, *, timeout: Optional[float] = None,
         return client.wait_for_run(project_id, run_id, timeout=timeout, on_update=on_update)
 
 
-def request(method: str, path: str, *ids: Id, params: Optional[Mapping[str, Any]] = None,
-            json: Any = None) -> Any:
+def request(method: str, path: str, *ids: Id, params: Params = None, json: Any = None) -> Any:
     """Call any API path with a client built from the environment; see ``Client.request``."""
     with Client() as client:
         return client.request(method, path, *ids, params=params, json=json)

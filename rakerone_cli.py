@@ -2,7 +2,7 @@
 
 Exit codes (the same for every command): 0 ok, 1 run finished unsuccessfully, 2 usage,
 3 configuration or authentication, 4 not found, 5 other API error, 6 connection or
-network timeout, 70 internal error, 74 output could not be written, 124 ``run wait``
+network timeout, 70 internal error, 74 output could not be written, 124 run wait's
 deadline passed, 130 interrupted.
 """
 
@@ -12,13 +12,15 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 from urllib.parse import parse_qsl, urlsplit
 
-import rakerone
+if TYPE_CHECKING:
+    import rakerone
 
 EXIT_OK = 0
 EXIT_RUN_UNSUCCESSFUL = 1
@@ -47,11 +49,17 @@ class _UsageError(Exception):
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the ``rakerone`` command; return its exit code."""
-    parser = _command_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _command_parser().parse_args(argv)
+        import rakerone  # after the arguments: --help, --version and usage errors need none of it
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 for --help / --version
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return _run(rakerone, args)
+
+
+def _run(rakerone: Any, args: Any) -> int:
     handler: Callable[[rakerone.Client, Any], int] = args.handler
     if args.verbose:
         log_handler = logging.StreamHandler(sys.stderr)
@@ -59,8 +67,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         rakerone.logger.addHandler(log_handler)
         rakerone.logger.setLevel(logging.DEBUG)
     client: Optional[rakerone.Client] = None
+    timeout = {} if args.request_timeout is None else {"timeout": args.request_timeout}
     try:
-        with rakerone.Client(base_url=args.base_url, timeout=args.request_timeout) as client:
+        with rakerone.Client(base_url=args.base_url, **timeout) as client:
             return handler(client, args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -87,6 +96,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _exit_code(error: rakerone.RakerOneError) -> int:
+    import rakerone
+
     if isinstance(error, (rakerone.ConfigurationError, rakerone.AuthenticationError,
                           rakerone.PermissionDeniedError, rakerone.ProxyAuthenticationError)):
         return EXIT_CONFIGURATION
@@ -130,15 +141,24 @@ def _write(text: str) -> None:
         raise _OutputFailed(exc) from None
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _json(value: Any, **options: Any) -> str:
+    """JSON that UTF-8 can carry: a lone surrogate (half an emoji, as JavaScript may send
+    it) stays the ``\\uXXXX`` escape it came as."""
+    text = json.dumps(value, ensure_ascii=False, **options)
+    return _LONE_SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text) + "\n"
+
+
 def _print_json(value: Any) -> None:
     if value is not None:
-        _write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+        _write(_json(value, indent=2))
 
 
 def _print_json_lines(events: Iterator[rakerone.Event]) -> int:
-    dumps, write = json.dumps, _write
     for event in events:
-        write(dumps(event.raw, ensure_ascii=False, separators=(",", ":")) + "\n")
+        _write(_json(event.raw, separators=(",", ":")))
     return EXIT_OK
 
 
@@ -187,17 +207,21 @@ def _cmd_api(client: rakerone.Client, args: Any) -> int:
     base_path = urlsplit(client.base_url).path
     if base_path and (path + "/").startswith(base_path + "/"):
         path = path[len(base_path):] or "/"  # "/api/projects" under ".../api" is "/projects"
-    fields = dict(_field(text) for text in args.field)
+    fields = [_field(text) for text in args.field]
     body = _read_input(args.input) if args.input is not None else None
     method = (args.method or ("POST" if fields or args.input is not None else "GET")).upper()
-    params = dict(parse_qsl(query, keep_blank_values=True))
+    params = parse_qsl(query, keep_blank_values=True)  # a name may repeat, as given
     if method in ("GET", "HEAD", "DELETE") and args.input is None:
-        params.update(fields)
+        params += fields
     elif fields:
         if body is not None and not isinstance(body, dict):
             raise _UsageError("-f fields can only be added to a JSON object given with --input")
-        body = {**(body or {}), **fields}
-    _print_json(client.request(method, path, params=params or None, json=body))
+        body = {**(body or {}), **dict(fields)}
+    try:
+        answer = client.request(method, path, params=params or None, json=body)
+    except ValueError as exc:  # a ConfigurationError of the path, method or body: the arguments'
+        raise _UsageError(str(exc)) from None
+    _print_json(answer)
     return EXIT_OK
 
 
@@ -215,12 +239,16 @@ def _read_input(name: str) -> Any:
         else:
             with open(name, encoding="utf-8") as file:
                 text = file.read()
-        return json.loads(text)
+        return json.loads(text, parse_constant=_no_constant)
     except (OSError, UnicodeDecodeError) as exc:
         problem = f"cannot read --input {name}: {exc}"
     except (ValueError, RecursionError) as exc:
         problem = f"--input {name} is not JSON: {exc}"
     raise _UsageError(problem)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON the API can take")
 
 
 _STREAMING_COMMANDS = (_cmd_run_events, _cmd_brief_events)
@@ -242,19 +270,35 @@ class _ProgressLine:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
 
 
+def _version() -> str:
+    """The installed distribution's version, read without importing the client."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("rakerone")
+    except importlib.metadata.PackageNotFoundError:  # a copy beside rakerone.py, not installed
+        import rakerone
+
+        return rakerone.__version__
+
+
+class _VersionAction(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"rakerone {_version()}")
+        parser.exit()
+
+
 def _command_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rakerone",
-        description=f"Query RakerOne runs and follow their events. The API key is read from {rakerone.API_KEY_ENV}.",
-        epilog="exit codes: 0 ok, 1 run finished unsuccessfully, 2 usage, 3 configuration or "
-               "authentication, 4 not found, 5 other API error, 6 connection or network timeout, "
-               "70 internal error, 74 output could not be written, 124 run wait deadline passed, "
-               "130 interrupted",
+        description="Query RakerOne runs and follow their events. The API key is read from RAKERONE_API_KEY.",
+        epilog="exit codes: " + __doc__.split("Exit codes (the same for every command): ")[1].split(".\n")[0]
+        .replace("\n", " "),
     )
-    parser.add_argument("--version", action="version", version=f"rakerone {rakerone.__version__}")
-    parser.add_argument("--base-url", help=f"API root (default ${rakerone.BASE_URL_ENV}, else {rakerone.DEFAULT_BASE_URL})")
-    parser.add_argument("--timeout", dest="request_timeout", type=float, default=rakerone.DEFAULT_TIMEOUT,
-                        metavar="S", help="seconds each HTTP attempt may take (default %(default)s)")
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="show the version and exit")
+    parser.add_argument("--base-url", help="API root (default $RAKERONE_BASE_URL, else production)")
+    parser.add_argument("--timeout", dest="request_timeout", type=float, metavar="S",
+                        help="seconds each HTTP attempt may take (default: the client's, 30)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens on stderr (redacted)")
     nouns = parser.add_subparsers(dest="noun", required=True, metavar="{run,brief,api}")
     for noun, noun_help, id_name, commands in (

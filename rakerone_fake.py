@@ -98,7 +98,7 @@ _SIGNAL_POLL_SECONDS = 0.5  # how soon the command line notices a Ctrl-C
 _NO_STATUS_RECEIVED = 1005  # simple-websocket's close_reason until a client's close frame
 _STREAM_SEGMENTS = {"run": "playbook-runs", "brief": "briefs"}
 _ENDED = object()  # put in a connection's outbox to wake its sender once the socket is gone
-_LOOPBACK_NAMES = ("localhost", "localhost.")
+_LOOPBACK_NAMES = ("localhost",)  # "localhost." goes to DNS
 
 _PROJECT = "/api/projects/<project_id>"
 #: Endpoints name FakeRakerOne methods; ``defaults`` tell them which kind of stream.

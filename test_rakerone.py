@@ -8,10 +8,12 @@ import datetime
 import gc
 import gzip
 import http.server
+import importlib.util
 import json
 import logging
 import math
 import os
+import pickle
 import pty
 import random
 import re
@@ -3303,9 +3305,23 @@ def test_odd_input_is_a_configuration_error_that_explains_without_echoing_the_ke
     assert fake.requests_seen == []
 
 
-def test_localhost_with_a_trailing_dot_counts_as_loopback(fake):
-    assert get_run_using(fake, base_url="http://localhost.:1/api", session=fake_as_proxy(fake)).id == RUN
-    assert fake.requests_seen == [("GET", f"/api/projects/{PROJECT}/playbook-runs/{RUN}")]
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda: rakerone.Client(API_KEY, base_url="http://localhost./api"), id="base URL"),
+    pytest.param(lambda: rakerone_fake.FakeRakerOne(host="localhost."), id="the fake's host"),
+])
+def test_localhost_with_a_trailing_dot_is_not_loopback(build):  # glibc sends "localhost." to DNS
+    with pytest.raises(ValueError, match="localhost."):
+        build()
+
+
+def test_a_ws_url_or_proxy_on_localhost_with_a_trailing_dot_is_refused(fake, monkeypatch):
+    ticket = rakerone.WsTicket(ticket="t", ws_url="ws://localhost.:9/ws")
+    with rakerone.Client(API_KEY, base_url=fake.base_url) as client:
+        with pytest.raises(rakerone.StreamError, match="plain-ws"):
+            rakerone._stream_url(client._transport, "/p", ticket)
+    monkeypatch.setenv("http_proxy", "http://localhost.:3128")
+    with pytest.raises(rakerone.ConfigurationError, match="in clear"):
+        rakerone.Client(API_KEY, base_url=fake.base_url)
 
 
 # -- Command line ----------------------------------------------------------------------
@@ -4098,7 +4114,7 @@ def test_the_fake_refuses_a_host_that_is_not_loopback_without_allow_remote(host)
 
 
 def test_the_fake_takes_loopback_hosts_and_an_explicit_allow_remote():
-    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost", "localhost.", "LOCALHOST"):
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost", "LOCALHOST"):
         rakerone_fake.FakeRakerOne(host=host)
     fake = rakerone_fake.FakeRakerOne(host="", allow_remote=True)  # never started here
 
@@ -4490,3 +4506,267 @@ def test_the_reader_gives_the_same_frames_or_errors_as_websocket_client(frames, 
             peer.close()
 
     assert results[1] == results[0]
+
+
+# -- Secrets and bad input, closed at the source ---------------------------------------------
+
+KEY = "sk_live_0123456789abcdefghijklmn"
+
+
+def ticket_minting_page(request):
+    ticket = f"tk_{uuid.uuid4().hex}"
+    return 200, {}, json.dumps({"ticket": ticket})
+
+
+def test_the_key_is_redacted_after_any_number_of_tickets(mocked):
+    mocked.add_callback(responses.POST, f"{BASE_URL}/projects/p/playbook-runs/r/ws-ticket", callback=ticket_minting_page)
+    mocked.get(f"{BASE_URL}/projects/p/playbook-runs/r", status=403, body=f"key {KEY} may not do this")
+    with rakerone.Client(KEY, base_url=BASE_URL) as client:
+        for _ in range(rakerone.TICKETS_REMEMBERED + 44):
+            client.mint_run_ticket("p", "r")
+        with pytest.raises(rakerone.PermissionDeniedError) as raised:
+            client.get_run("p", "r")
+
+    assert KEY not in str(raised.value) and "key *** may not" in str(raised.value)
+
+
+def chain(error: BaseException) -> list:
+    """The error, its causes and contexts, and what each keeps (requests and responses)."""
+    seen, found = [], [error]
+    while found:
+        exc = found.pop()
+        if exc is not None and exc not in seen:
+            seen.append(exc)
+            found += [exc.__cause__, exc.__context__]
+    return seen + [getattr(exc, name, None) for exc in seen for name in ("request", "response")]
+
+
+def test_no_error_holds_or_pickles_the_key(mocked, refused_port):
+    mocked.get(f"{BASE_URL}/projects/p/playbook-runs/r", status=404, json={"error": "not_found"})
+    with rakerone.Client(KEY, base_url=BASE_URL) as client, pytest.raises(rakerone.NotFoundError) as answered:
+        client.get_run("p", "r")
+    mocked.stop()
+    unreachable = rakerone.Client(KEY, base_url=f"http://127.0.0.1:{refused_port}/api", max_retries=0)
+    with unreachable, pytest.raises(rakerone.APIConnectionError) as refused:
+        unreachable.get_run("p", "r")
+
+    for error in (answered.value, refused.value):
+        kept = [repr(vars(item)) for item in chain(error) if item is not None and hasattr(item, "__dict__")]
+        kept += [repr(dict(item.headers)) for item in chain(error) if hasattr(item, "headers")]
+        assert not any(KEY in text for text in kept)
+        assert KEY.encode() not in pickle.dumps(error)
+    assert answered.value.response.request.headers["Authorization"] == "Bearer ***"
+    assert pickle.loads(pickle.dumps(answered.value)).response.json() == {"error": "not_found"}
+
+
+def answer_upgrade_with(answer: bytes):
+    def serve(conn, stopping):
+        conn.recv(65536)  # the upgrade request
+        with contextlib.suppress(OSError):
+            conn.sendall(answer)
+        stopping.wait(5)
+    return serve
+
+
+@pytest.mark.parametrize("answer, refused", [
+    pytest.param(b"HTTP/1.1 101 Switching Protocols\r\nX-Big: " + b"a" * 7_000_000 + b"\r\n\r\n",
+                 "over 64 KiB", id="a 7 MB header line"),
+    pytest.param(b"HTTP/1.1 101 Switching Protocols\r\n" + b"X-Many: 1\r\n" * 200 + b"\r\n",
+                 "or 102 lines", id="200 header lines"),
+    pytest.param(b"HTTP/1.1 500 " + b"b" * 4_000_000 + b"\r\n\r\n", "over 64 KiB", id="a 4 MB status line"),
+])
+def test_the_upgrade_answer_is_bounded(no_leaks, answer, refused):
+    with TcpPeer(answer_upgrade_with(answer)) as ws_peer, ScriptedPeer(ticket_for(ws_peer.address)) as api, \
+            rakerone.Client(ODD_KEY, base_url=api.base_url, timeout=5, max_retries=0) as client:
+        messages = []
+
+        def open_the_stream():
+            try:
+                next(client.iter_run_events(PROJECT, RUN, max_outage=0))
+            except rakerone.StreamError as exc:
+                messages.append(str(exc))
+        growth = peak_rss_growth_mib(open_the_stream)
+
+    assert len(messages) == 1 and refused in messages[0] and len(messages[0]) < 400
+    assert growth < 20
+
+
+def test_a_redirect_answering_the_upgrade_is_never_read_as_events(no_leaks):
+    forged = b'["forged"]'
+    answer = (b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/elsewhere\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(forged), forged))
+    with TcpPeer(answer_upgrade_with(answer)) as ws_peer, ScriptedPeer(ticket_for(ws_peer.address)) as api, \
+            rakerone.Client(ODD_KEY, base_url=api.base_url, timeout=5, max_retries=0) as client:
+        with pytest.raises(rakerone.APIError, match="302.*not followed"):
+            next(client.iter_run_events(PROJECT, RUN, max_outage=0))
+
+
+def test_an_upgrade_answer_that_does_not_prove_our_key_is_refused(no_leaks):
+    answer = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")  # RFC 6455's example, not ours
+    with TcpPeer(answer_upgrade_with(answer)) as ws_peer, ScriptedPeer(ticket_for(ws_peer.address)) as api, \
+            rakerone.Client(ODD_KEY, base_url=api.base_url, timeout=5, max_retries=0) as client:
+        with pytest.raises(rakerone.StreamError):
+            next(client.iter_run_events(PROJECT, RUN, max_outage=0))
+
+
+def test_an_explicit_verify_wins_over_the_environments_ca_bundle(tls_fake, monkeypatch):
+    fake, ca_bundle = tls_fake
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca_bundle)  # would trust the fake
+
+    with rakerone.Client(fake.api_key, base_url=fake.base_url, verify=True, max_retries=0) as client:
+        with pytest.raises(rakerone.APIConnectionError, match="TLS failed"):  # certifi's trust: it does not
+            client.get_run(PROJECT, RUN)
+    with rakerone.Client(fake.api_key, base_url=fake.base_url) as client:  # the environment's, when not given
+        assert client.get_run(PROJECT, RUN).id == RUN
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    pytest.param(["--base-url", "https://app..raker.invalid/api", "run", "get", "p", "r"], 3, "not a usable URL",
+                 id="an empty label in the base URL"),
+    pytest.param(["--base-url", "https://app.raker .invalid/api", "run", "get", "p", "r"], 3, "not a usable URL",
+                 id="a space in the base URL"),
+    pytest.param(["run", "get", "p", "r\udcff"], 3, "not valid text", id="an id that is not UTF-8"),
+    pytest.param(["api", "/projects/{}/x"], 2, "placeholder", id="a path with a placeholder"),
+    pytest.param(["api", "-X", "G T", "/projects"], 2, "HTTP method", id="an unusable method"),
+    pytest.param(["api", "--input", "-", "/projects"], 2, "NaN", id="NaN in the input"),
+])
+def test_input_mistakes_are_usage_or_configuration_errors_before_any_traffic(fake, cli_env, args, code, fragment):
+    arguments = [os.fsencode(arg) if "\udcff" in arg else arg for arg in args]
+    result = subprocess.run(rakerone_command() + arguments, env=cli_env, capture_output=True, text=True,
+                            input='{"price": NaN}', timeout=20)
+
+    assert (result.returncode, result.stdout) == (code, "")
+    assert fragment in result.stderr and "Traceback" not in result.stderr
+    assert fake.requests_seen == []
+
+
+@pytest.mark.parametrize("proxy, fragment", [("http://127.0.0.1:99999", "not usable"),
+                                             ("socks5://127.0.0.1:1080", "PySocks")])
+def test_an_unusable_proxy_is_a_configuration_error_before_any_traffic(fake, cli_env, proxy, fragment):
+    if fragment == "PySocks" and importlib.util.find_spec("socks") is not None:
+        pytest.skip("PySocks is installed here")
+    result = run_cli(dict(cli_env, http_proxy=proxy), "run", "get", PROJECT, RUN)
+
+    assert result.returncode == 3 and fragment in result.stderr
+    assert fake.requests_seen == []
+
+
+def test_ctrl_c_while_the_command_starts_exits_130_quietly(monkeypatch):
+    import builtins
+
+    import rakerone_cli
+
+    real_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "rakerone":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    assert rakerone_cli.main(["run", "get", "p", "r"]) == 130
+
+
+def answer_with_a_length_but_no_body(conn, stopping) -> None:
+    """HEAD: 200, GET: 204; both with the length a GET's body would have, and no body."""
+    request = conn.recv(65536)
+    status = b"200 OK" if request.startswith(b"HEAD") else b"204 No Content"
+    conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Length: 14\r\nConnection: close\r\n\r\n")
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+def test_head_and_204_read_no_body_whatever_their_length(no_leaks, method):
+    with TcpPeer(answer_with_a_length_but_no_body) as peer, \
+            rakerone.Client(ODD_KEY, base_url=peer.base_url, max_retries=0) as client:
+        assert client.request(method, "/things") is None
+
+
+def test_a_lone_surrogate_from_the_server_is_printed_as_its_escape(fake, cli_env):
+    fake.add_route("GET", "/projects/p1/thing", json={"name": "half \ud83d an emoji"})
+
+    result = run_cli(cli_env, "api", "/projects/p1/thing")
+
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == {"name": "half \ud83d an emoji"}
+    assert "\\ud83d" in result.stdout
+
+
+def test_repeated_query_parameters_are_sent_as_given(fake, cli_env):
+    fake.add_route("GET", "/projects/p1/runs", json=[])
+
+    result = run_cli(cli_env, "api", "-X", "GET", "/projects/p1/runs?status=running&status=queued", "-f", "status=done")
+
+    assert result.returncode == 0
+    assert fake.requests[-1].query == (("status", "running"), ("status", "queued"), ("status", "done"))
+
+
+ENCODINGS = {
+    "raw": lambda secret: secret,
+    "every byte percent-encoded": lambda secret: "".join(f"%{byte:02X}" for byte in secret.encode()),
+    "base64": lambda secret: base64.b64encode(secret.encode()).decode(),
+    "Basic auth": lambda secret: "Basic " + base64.b64encode(secret.encode() + b":").decode(),
+    "JSON \\u escapes": lambda secret: "".join(f"\\u{ord(char):04x}" for char in secret),
+    "HTML decimal references": lambda secret: "".join(f"&#{ord(char)};" for char in secret),
+    "HTML hex references": lambda secret: "".join(f"&#x{ord(char):X};" for char in secret),
+    "quote_plus": lambda secret: urllib.parse.quote_plus(secret),
+}
+
+
+@hypothesis.settings(max_examples=40, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(encoding=hypothesis.strategies.sampled_from(sorted(ENCODINGS)),
+                  which=hypothesis.strategies.sampled_from(["key", "ticket"]),
+                  offset=hypothesis.strategies.integers(-40, 40), status=hypothesis.strategies.sampled_from([500, 403]))
+def test_no_encoding_of_a_secret_survives_anywhere_around_the_cut(caplog, encoding, which, offset, status):
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="rakerone")
+    ticket = "tk_" + "7" * 30
+    secret = ENCODINGS[encoding](KEY if which == "key" else ticket)
+    at = rakerone.ERROR_PAGE_BYTES + offset  # around the 1 MiB an error page is read to
+    page = ("x" * at + secret + "y" * 64).encode()
+    with responses.RequestsMock() as mock, rakerone.Client(KEY, base_url=BASE_URL, max_retries=0) as client:
+        mock.post(f"{BASE_URL}/projects/p/playbook-runs/r/ws-ticket", json={"ticket": ticket})
+        mock.get(f"{BASE_URL}/projects/p/playbook-runs/r", status=status, body=page)
+        client.mint_run_ticket("p", "r")
+        with pytest.raises(rakerone.APIError) as raised:
+            client.get_run("p", "r")
+
+    kept = [str(raised.value), repr(raised.value), raised.value.response.text, caplog.text]
+    pickled = pickle.dumps(raised.value).decode("latin-1")
+    leaks = [text for text in [*kept, pickled] if secret[:8] in text or secret[-8:] in text]
+    assert leaks == []
+
+
+TEXT = hypothesis.strategies.text(hypothesis.strategies.characters(blacklist_categories=("Cs",)), max_size=12) | \
+    hypothesis.strategies.sampled_from(["", " ", "..", "{}", "%2e%2e", "p\udcff", "-1", "1e999", "NaN", "\n"])
+
+
+@hypothesis.settings(max_examples=60, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(
+    command=hypothesis.strategies.sampled_from(
+        [["run", "get"], ["run", "ticket"], ["brief", "ticket"], ["api"], ["api", "-X"], ["run", "wait", "--timeout"]]),
+    words=hypothesis.strategies.lists(TEXT, min_size=1, max_size=3),
+    base_url=hypothesis.strategies.sampled_from(["fake", "", "http://", "https://app..raker.invalid/api",
+                                                 "ftp://127.0.0.1/api", "http://127.0.0.1:99999/api"]),
+    api_key=hypothesis.strategies.sampled_from(["fake", "", "bad key", "k\x7f\u00e9"]),
+    body=hypothesis.strategies.sampled_from(['{"a": 1}', "NaN", "[1, Infinity]", "{", "\udcff", "null"]))
+def test_the_command_line_never_fails_as_a_bug_nor_prints_the_key(fake, monkeypatch, command, words, base_url,
+                                                                     api_key, body):
+    import io
+
+    import rakerone_cli
+
+    monkeypatch.setenv("RAKERONE_BASE_URL", fake.base_url if base_url == "fake" else base_url)
+    monkeypatch.setenv("RAKERONE_API_KEY", fake.api_key if api_key == "fake" else api_key)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(body))
+    stdout, stderr = io.TextIOWrapper(io.BytesIO(), encoding="utf-8"), io.StringIO()
+    argv = ["--timeout", "1", *command, *words] + (["--input", "-"] if command[0] == "api" else [])
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = rakerone_cli.main(argv)
+    stdout.flush()
+    printed = stdout.buffer.getvalue().decode("utf-8", "replace") + stderr.getvalue()
+
+    assert code in (0, 1, 2, 3, 4, 5, 6, 74, 124, 130), printed
+    assert fake.api_key not in printed
