@@ -1,10 +1,4 @@
-"""The ``rakerone`` command: a thin user of rakerone's public API.
-
-Exit codes (the same for every command): 0 ok, 1 run finished unsuccessfully, 2 usage,
-3 configuration or authentication, 4 not found, 5 other API error, 6 connection or
-network timeout, 70 internal error, 74 output could not be written, 124 run wait's
-deadline passed, 130 interrupted.
-"""
+"""The ``rakerone`` command: a thin user of rakerone's public API (exit codes: EXIT_CODES)."""
 
 from __future__ import annotations
 
@@ -22,6 +16,10 @@ from urllib.parse import parse_qsl, urlsplit
 if TYPE_CHECKING:
     import rakerone
 
+#: The exit codes, the same for every command, as ``rakerone --help`` lists them.
+EXIT_CODES = ("0 ok, 1 run finished unsuccessfully, 2 usage, 3 configuration or authentication, 4 not found, "
+              "5 other API error, 6 connection or network timeout, 70 internal error, 74 output could not be "
+              "written, 124 run wait's deadline passed, 130 interrupted")
 EXIT_OK = 0
 EXIT_RUN_UNSUCCESSFUL = 1
 EXIT_USAGE = 2
@@ -69,8 +67,9 @@ def _run(rakerone: Any, args: Any) -> int:
     client: Optional[rakerone.Client] = None
     timeout = {} if args.request_timeout is None else {"timeout": args.request_timeout}
     try:
-        with rakerone.Client(base_url=args.base_url, **timeout) as client:
-            return handler(client, args)
+        with rakerone.Client(base_url=args.base_url, **timeout) as opened:
+            client = opened
+            return handler(opened, args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except _OutputFailed as failed:
@@ -292,8 +291,7 @@ def _command_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rakerone",
         description="Query RakerOne runs and follow their events. The API key is read from RAKERONE_API_KEY.",
-        epilog="exit codes: " + __doc__.split("Exit codes (the same for every command): ")[1].split(".\n")[0]
-        .replace("\n", " "),
+        epilog=f"exit codes: {EXIT_CODES}",
     )
     parser.add_argument("--version", action=_VersionAction, nargs=0, help="show the version and exit")
     parser.add_argument("--base-url", help="API root (default $RAKERONE_BASE_URL, else production)")
