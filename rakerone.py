@@ -94,8 +94,8 @@ ERROR_PAGE_BYTES = 1024 * 1024
 #: How many recently minted tickets each client remembers, to redact them anywhere.
 TICKETS_REMEMBERED = 256
 
-#: Statuses worth another try: the request may well succeed a moment later.
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Statuses worth another try: the request may well succeed a moment later (52x: a CDN's).
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 #: Statuses that say the server did not act on the request, so even a POST may be resent.
 NOT_ACTED_STATUSES = frozenset({429, 503})
 #: Methods that may be sent twice without a second side effect.
@@ -304,9 +304,9 @@ class _Cut(Exception):
     """Internal: an attempt cut short by its ``deadline``, by ``closed`` (the client's
     close()), or not begun for ``no time`` left."""
 
-    def __init__(self, why: str) -> None:
+    def __init__(self, why: str, seconds: Optional[float] = None) -> None:
         super().__init__(why)
-        self.why = why
+        self.why, self.seconds = why, seconds  # seconds: how long the attempt had
 
 
 def _classify(failure: Any, what: str, secrets: _Secrets, seconds: float,
@@ -347,6 +347,7 @@ def _network_error(failure: BaseException, what: str, secrets: _Secrets, seconds
     """A failure to connect, send or read (a _Cut is the watchdog's), and its verdict."""
     lost = StreamDisconnectedError if stream else APIConnectionError
     if isinstance(failure, _Cut):
+        seconds = round(failure.seconds or seconds, 1)
         if failure.why != "deadline":
             return lost(f"{what}: the client was closed during the call") if failure.why == "closed" else \
                 APITimeoutError(f"{what}: no time left before the deadline"), _FINAL
@@ -548,6 +549,11 @@ def _optional_str(value: Any) -> Optional[str]:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _id_text(value: Any) -> Optional[str]:
+    """An event id that is not a string, as its JSON text (``7``, ``1.5``, ``true``); None for no id."""
+    return json.dumps(value) if isinstance(value, (int, float)) else None
+
+
 def _number_or_none(value: Any) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -693,7 +699,7 @@ class Event:
             event_id = message.get("eventId")
         data = message["data"] if "data" in message else message["payload"] if "payload" in message else message
         return cls(type=event_type if type(event_type) is str else _optional_str(event_type),
-                   id=event_id if type(event_id) is str else _optional_str(event_id),
+                   id=event_id if type(event_id) is str else _id_text(event_id),
                    data=data, raw=message, received_at=received_at)
 
 
@@ -1315,7 +1321,8 @@ class _Transport:
         leave as _Failed, built outside the except blocks (no context carries a secret)."""
         self._check_fork()
         deadline = _Deadline.ambient().sooner(self.settings.attempt_seconds)
-        if deadline.expired:
+        budget = deadline.at - _clock.now()
+        if budget <= 0:
             raise self._failed(_Cut("no time"), what)
         prepared = self._session.prepare_request(requests.Request(  # your session's headers, cookies, hooks
             method, self.settings.base_url + path, headers=self._headers, auth=self._auth, params=params, json=body))
@@ -1341,7 +1348,7 @@ class _Transport:
             if response is not None:
                 response.close()
         if attempt.cut is not None and (failure is not None or response is None or not _is_framed(response)):
-            failure = _Cut(attempt.cut)  # the cut can read as the end of a body: whatever came, it is late
+            failure = _Cut(attempt.cut, budget)  # the cut can read as the end of a body: whatever came, it is late
         if failure is not None or response is None:
             raise self._failed(failure, what)
         logger.debug("%s -> %s", what, response.status_code)
@@ -1468,7 +1475,7 @@ class _Transport:
         self._check_fork()
         route = self.route(url)
         proxy = _stream_proxy(url, route, self.secrets)
-        deadline = _Deadline.ambient().sooner(self.settings.attempt_seconds)
+        deadline, attempt_started = _Deadline.ambient().sooner(self.settings.attempt_seconds), _clock.now()
         ws = _read_ahead_websocket_class()(skip_utf8_validation=True, enable_multithread=False)
         attempt, failure, key = _Attempt(deadline, self), None, base64.b64encode(os.urandom(16)).decode()
         attempt.connection = ws
@@ -1495,7 +1502,8 @@ class _Transport:
             headers = requests.structures.CaseInsensitiveDict(getattr(failure, "resp_headers", None) or {})
             page = self.secrets.redact(body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body))
             raise self._failed(_Answer(failure.status_code, headers, page), what, stream=True)
-        raise self._failed(_Cut(attempt.cut) if attempt.cut is not None else failure, what, stream=True)
+        raise self._failed(_Cut(attempt.cut, deadline.at - attempt_started) if attempt.cut is not None else failure,
+                           what, stream=True)
 
 
 class _BoundedUpgrade:

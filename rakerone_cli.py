@@ -281,6 +281,13 @@ def _version() -> str:
         return rakerone.__version__
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with usage errors on one line like every other error."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_USAGE, f"rakerone: {message} (see {self.prog} --help)\n")
+
+
 class _VersionAction(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
         print(f"rakerone {_version()}")
@@ -288,7 +295,7 @@ class _VersionAction(argparse.Action):
 
 
 def _command_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rakerone",
         description="Query RakerOne runs and follow their events. The API key is read from RAKERONE_API_KEY.",
         epilog=f"exit codes: {EXIT_CODES}",

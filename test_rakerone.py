@@ -4770,3 +4770,58 @@ def test_the_command_line_never_fails_as_a_bug_nor_prints_the_key(fake, monkeypa
 
     assert code in (0, 1, 2, 3, 4, 5, 6, 74, 124, 130), printed
     assert fake.api_key not in printed
+
+
+# -- README tells the truth ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 520, 521, 522, 523, 524])
+def test_every_transient_5xx_is_retried(fake, status):
+    fake.fail_next_requests(1, status=status)
+
+    with rakerone.Client(fake.api_key, base_url=fake.base_url) as client:
+        assert client.get_run(PROJECT, RUN).id == RUN
+
+    assert len(fake.requests_seen) == 2
+
+
+@pytest.mark.parametrize("status", [400, 405, 426])
+def test_wait_for_run_polls_when_a_proxy_refuses_the_upgrade(fake, stream_client, status):
+    fake.reject_next_connections(1000, status=status)  # a proxy that does not pass WebSockets
+    finisher = threading.Timer(0.5, lambda: fake.update_run(PROJECT, RUN, status="completed"))
+    finisher.start()
+    try:
+        run = stream_client.wait_for_run(PROJECT, RUN, timeout=10)
+    finally:
+        finisher.join()
+
+    assert run.status == "completed"
+
+
+@pytest.mark.parametrize("event_id, as_text", [(7, "7"), (1.5, "1.5"), (True, "true")])
+def test_numeric_event_ids_are_deduplicated_by_their_json_text(fake, stream_client, event_id, as_text):
+    fake.emit_run_event(PROJECT, RUN, {"type": "step", "id": event_id})
+    events = stream_client.iter_run_events(PROJECT, RUN)
+    first = next(events)
+    fake.drop_streams()  # the history, e1 included, is replayed on the next connection
+    fake.emit_run_event(PROJECT, RUN, {"type": "step", "id": "after"})
+    fake.finish_run_stream(PROJECT, RUN)
+
+    assert first.id == as_text
+    assert [event.id for event in events] == ["after"]
+
+
+def test_a_wait_cut_by_its_deadline_says_how_long_the_attempt_had(no_leaks):
+    with MisbehavingAPI("silent") as api, rakerone.Client(API_KEY, base_url=api.base_url) as client:
+        with pytest.raises(rakerone.WaitTimeoutError) as raised:
+            client.wait_for_run(PROJECT, RUN, timeout=2)
+
+    assert "30 s" not in str(raised.value.last_error)
+    assert re.search(r"timed out after [01]\.\d s", str(raised.value.last_error))  # the time it had
+
+
+def test_a_usage_error_is_one_line(cli_env):
+    result = run_cli(cli_env, "run", "get", PROJECT)
+
+    assert result.returncode == 2
+    assert_one_line_error(result, "required", "--help")
