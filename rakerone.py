@@ -779,9 +779,11 @@ def _check_base_url(base_url: Any, allow_insecure_http: bool) -> str:
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
         raise ConfigurationError(f"base_url {base_url!r} is not a valid URL: {exc}") from None
-    try:  # requests' own check (spaces, control characters), and the name as a resolver takes it
+    try:  # requests' own check (control characters), and the name as a resolver takes it
         requests.PreparedRequest().prepare_url(base_url.strip(), None)
         (host or "").encode("idna")
+        if re.search(r"[\s\x00-\x1f\x7f]", base_url.strip()):
+            raise ValueError("it holds a space or a control character")
     except (requests.RequestException, UnicodeError, ValueError) as exc:
         raise ConfigurationError(f"base_url {_Secrets(None).redact(base_url)!r} is not a usable URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not host:
@@ -1347,6 +1349,8 @@ class _Transport:
             _watchdog.unwatch(attempt)
             if response is not None:
                 response.close()
+            if attempt.cut is not None and attempt.connection is not None and attempt.sock is not None:
+                attempt.sock.close()  # a session's own adapter (urllib3 1.26) may keep a cut socket open
         if attempt.cut is not None and (failure is not None or response is None or not _is_framed(response)):
             failure = _Cut(attempt.cut, budget)  # the cut can read as the end of a body: whatever came, it is late
         if failure is not None or response is None:
