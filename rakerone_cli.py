@@ -270,15 +270,13 @@ class _ProgressLine:
 
 
 def _version() -> str:
-    """The installed distribution's version, read without importing the client."""
-    import importlib.metadata
+    """rakerone's ``__version__``, read from its source: importing it (requests and all) to
+    print one string would take several times as long as Python's own start."""
+    import importlib.util
 
-    try:
-        return importlib.metadata.version("rakerone")
-    except importlib.metadata.PackageNotFoundError:  # a copy beside rakerone.py, not installed
-        import rakerone
-
-        return rakerone.__version__
+    spec = importlib.util.find_spec("rakerone")
+    with open(spec.origin if spec and spec.origin else "", encoding="utf-8") as source:
+        return next(line.split('"')[1] for line in source if line.startswith("__version__ = "))
 
 
 class _Parser(argparse.ArgumentParser):

@@ -4825,3 +4825,38 @@ def test_a_usage_error_is_one_line(cli_env):
 
     assert result.returncode == 2
     assert_one_line_error(result, "required", "--help")
+
+
+def readme_blocks(language: str) -> list:
+    with open(os.path.join(os.path.dirname(__file__), "README.md"), encoding="utf-8") as readme:
+        return re.findall(rf"^```{language}\n(.*?)^```$", readme.read(), re.MULTILINE | re.DOTALL)
+
+
+def test_every_python_block_of_readme_runs_as_written_against_the_sample_fake(no_leaks):
+    blocks = [block for block in readme_blocks("python") if "def test_" not in block]  # the fake's: see below
+    server = subprocess.Popen([sys.executable, "-m", "rakerone_fake"], stdout=subprocess.PIPE, text=True)
+    try:
+        exports = dict(re.findall(r"^export (\w+)=(\S+)$", server.stdout.readline() + server.stdout.readline(),
+                                  re.MULTILINE))
+        env = dict(os.environ, **exports)
+        results = [subprocess.run([sys.executable, "-c", block], env=env, capture_output=True, text=True, timeout=30)
+                   for block in blocks]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        server.stdout.close()
+
+    assert len(blocks) == 4 and set(exports) == {"RAKERONE_BASE_URL", "RAKERONE_API_KEY"}
+    assert [(result.returncode, result.stderr) for result in results] == [(0, "")] * len(blocks)
+    assert "could not" not in results[0].stdout and "no such run" not in results[0].stdout
+
+
+def test_every_shell_block_of_readme_is_run_by_ci():
+    with open(os.path.join(os.path.dirname(__file__), ".ci", "run"), encoding="utf-8") as ci:
+        run = ci.read()
+
+    for block in readme_blocks("sh"):
+        commands = [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+        assert all(command.startswith(("pip install", "python -m rakerone_fake demo", "python3 -m venv"))
+                   for command in commands)
+    assert "README's commands" in run and "^python3 -m venv " in run
