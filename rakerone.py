@@ -11,9 +11,8 @@ ever hanging, losing an event or printing a credential::
         for event in client.iter_run_events("proj_1", "run_1"):
             print(event.type, event.data)
 
-Read top-down: errors and the one classifier, secrets, models, settings,
-deadlines, the transport (the only code touching requests, urllib3 and
-websocket-client), streams, the client, waiting, shortcuts.
+Read top-down: errors and their classifier, secrets, models, settings, deadlines,
+the transport, streams, the client, waiting, shortcuts.
 """
 
 from __future__ import annotations
@@ -133,16 +132,9 @@ CLOSE_CODE_STATUS = {1008: 403, 4401: 401, 4403: 403, 4404: 404}
 
 #: Run statuses (lower case, ``-``/space as ``_``) that end a run; the vocabulary is
 #: not documented, so both lists are generous.
-SUCCESS_STATUSES = frozenset(
-    {"completed", "complete", "succeeded", "success", "successful", "done"}
-)
-FAILURE_STATUSES = frozenset(
-    {
-        "failed", "failure", "error", "errored", "cancelled", "canceled",
-        "timed_out", "timeout", "aborted", "rejected", "expired", "terminated",
-        "killed", "skipped_all",
-    }
-)
+SUCCESS_STATUSES = frozenset({"completed", "complete", "succeeded", "success", "successful", "done"})
+FAILURE_STATUSES = frozenset({"failed", "failure", "error", "errored", "cancelled", "canceled", "timed_out", "timeout",
+                              "aborted", "rejected", "expired", "terminated", "killed", "skipped_all"})
 
 logger = logging.getLogger("rakerone")
 
@@ -274,8 +266,7 @@ _ALWAYS = "always"  # the server cannot have acted on it
 
 @attrs.frozen
 class _Answer:
-    """An error answer (an HTTP status of 300 or more, or a refused WebSocket upgrade),
-    its page already redacted."""
+    """An error answer (HTTP status >= 300, or a refused upgrade), its page redacted."""
 
     status: int
     headers: Mapping[str, str]
@@ -292,8 +283,7 @@ class _Closed:
 
 
 class _BadBody(Exception):
-    """Internal: an answer whose body we will not use; ``problem`` is "too large",
-    "compressed", "truncated" or "unreadable"."""
+    """Internal: a body we will not use ("too large", "compressed", "truncated", "unreadable")."""
 
     def __init__(self, problem: str, detail: str, content: bytes = b"") -> None:
         super().__init__(detail)
@@ -301,8 +291,7 @@ class _BadBody(Exception):
 
 
 class _Cut(Exception):
-    """Internal: an attempt cut short by its ``deadline``, by ``closed`` (the client's
-    close()), or not begun for ``no time`` left."""
+    """Internal: an attempt cut at its "deadline", "closed" by close(), or not begun ("no time")."""
 
     def __init__(self, why: str, seconds: Optional[float] = None) -> None:
         super().__init__(why)
@@ -311,19 +300,14 @@ class _Cut(Exception):
 
 def _classify(failure: Any, what: str, secrets: _Secrets, seconds: float,
               stream: bool = False) -> tuple[RakerOneError, str]:
-    """The one place a failure becomes (our error, how it may be retried).
-
-    ``failure`` is an _Answer, a _Closed frame, a _BadBody, a _Cut, our own error, or
-    whatever requests, urllib3, ssl or websocket-client raised. HTTP calls, streams and
-    ``wait_for_run`` (through ``retryable``) act on this verdict and on nothing else.
-    """
+    """The one place a failure (an _Answer, _Closed, _BadBody, _Cut, our error, or what a
+    dependency raised) becomes (our error, how it may be retried): callers act on nothing else."""
     if isinstance(failure, RakerOneError):  # ours already (a setting, a refused message size)
         error, kind = failure, _FINAL
     elif isinstance(failure, _Answer) and failure.status == 407:
         error, kind = _proxy_refused(what, "HTTP 407"), _FINAL
     elif isinstance(failure, _Answer):
-        status = failure.status
-        error = _answer_error(failure, what, secrets)
+        status, error = failure.status, _answer_error(failure, what, secrets)
         kind = _ALWAYS if status in NOT_ACTED_STATUSES else _IF_SAFE if status in RETRYABLE_STATUSES else _FINAL
     elif isinstance(failure, _Closed):
         error, kind = _close_error(failure)
@@ -355,8 +339,7 @@ def _network_error(failure: BaseException, what: str, secrets: _Secrets, seconds
             return lost(f"{what}: the WebSocket handshake took longer than its {seconds:g} s timeout"), _IF_SAFE
         return APITimeoutError(f"{what} timed out after {seconds:g} s (the limit for connecting, sending "
                                "and reading the whole answer)"), _IF_SAFE
-    root = _root_cause(failure)
-    reason = secrets.redact(_reason(failure))
+    root, reason = _root_cause(failure), secrets.redact(_reason(failure))
     if isinstance(failure, (requests.exceptions.ProxyError, OSError)) and re.search(r"\b407\b", reason):
         return _proxy_refused(what, reason), _FINAL
     if isinstance(failure, requests.exceptions.SSLError) or (
@@ -396,10 +379,9 @@ def _close_error(closed: _Closed) -> tuple[RakerOneError, str]:
 def _answer_error(answer: _Answer, what: str, secrets: _Secrets) -> APIError:
     """Our error for an error answer (HTTP, or a WebSocket upgrade), redacted whole."""
     status, headers, text = answer.status, answer.headers, answer.text
-    try:
+    body = None
+    with contextlib.suppress(ValueError, RecursionError):
         body = json.loads(text) if text.strip() else None
-    except (ValueError, RecursionError):
-        body = None
     fields = body if isinstance(body, dict) else {}
     code, issues = _optional_str(fields.get("error")), fields.get("issues")
     issues = tuple(issues) if isinstance(issues, list) else ()
@@ -464,9 +446,8 @@ _BEARER_TOKEN = re.compile(r"(Bearer\s+)[^\s'\",;]+", re.IGNORECASE)
 
 
 def _secret_forms(secret: str) -> frozenset[str]:
-    """Every form a secret travels in: raw; percent-encoded (``quote``, ``quote_plus``, and
-    byte by byte); JSON-escaped (as is, and as ``\\u`` escapes); base64, alone and as
-    Basic auth's ``secret:``; HTML character references (decimal and hex)."""
+    """Every form a secret travels in: raw, percent-encoded (three ways), JSON-escaped (two),
+    base64 (alone and as Basic auth's ``secret:``), HTML character references (two)."""
     raw = secret.encode("utf-8", "surrogatepass")
     return frozenset({
         secret, quote(secret, safe=""), quote(secret), quote_plus(secret), json.dumps(secret)[1:-1],
@@ -476,9 +457,8 @@ def _secret_forms(secret: str) -> frozenset[str]:
 
 
 class _Secrets:
-    """The API key and the tickets minted lately, hidden in every text we quote, in every
-    form of _secret_forms, with any bearer token or ``ticket=`` value. The key is kept
-    apart from the tickets, so no number of tickets can push it out."""
+    """The key and recent tickets, hidden in every form (and any bearer token or ``ticket=``)
+    in each text we quote; the key is kept apart, so no number of tickets can push it out."""
 
     def __init__(self, key: Optional[str]) -> None:
         self._key_forms = _secret_forms(key) if key else frozenset()
@@ -491,8 +471,7 @@ class _Secrets:
         self._pattern = None
 
     def redact(self, text: str, cut: bool = False) -> str:
-        """``text`` with every secret hidden; ``cut``: it was cut short, so a secret's first
-        part at its very end is hidden too."""
+        """``text`` with every secret hidden (``cut``: also a secret's start at its very end)."""
         if self._pattern is None:
             self._forms = sorted(self._key_forms.union(*self._tickets), key=len, reverse=True)
             self._pattern = re.compile("|".join(map(re.escape, self._forms)) or r"(?!)", re.IGNORECASE)
@@ -528,9 +507,8 @@ _FRACTION = re.compile(r"\.(\d+)")
 
 
 def _parse_timestamp(value: Any) -> Optional[datetime.datetime]:
-    """Read an ISO-8601 timestamp as an aware datetime (UTC when it has no offset); None
-    when it does not parse. Python 3.9's ``fromisoformat`` knows neither ``Z`` nor
-    fractions other than 3 or 6 digits, so both are normalised."""
+    """An ISO-8601 timestamp as an aware datetime (UTC if no offset), or None; normalises
+    ``Z`` and fractions other than 3 or 6 digits, which Python 3.9 does not read."""
     if not isinstance(value, str):
         return None
     text = value.strip()
@@ -549,15 +527,6 @@ def _optional_str(value: Any) -> Optional[str]:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _id_text(value: Any) -> Optional[str]:
-    """An event id that is not a string, as its JSON text (``7``, ``1.5``, ``true``); None for no id."""
-    return json.dumps(value) if isinstance(value, (int, float)) else None
-
-
-def _number_or_none(value: Any) -> Optional[float]:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 class _WrongShape(TypeError):
     """Internal: a server's JSON is not of the shape a model needs."""
 
@@ -569,8 +538,7 @@ def _require_mapping(data: Any, what: str) -> Mapping[str, Any]:
 
 
 def _is_finished(raw: Mapping[str, Any], status: Optional[str]) -> bool:
-    """``finishedAt`` is set, or the status (case-insensitive, ``-`` and spaces read as
-    ``_``) is one of SUCCESS_STATUSES or FAILURE_STATUSES."""
+    """``finishedAt`` is set, or the status is in SUCCESS_STATUSES or FAILURE_STATUSES."""
     return raw.get("finishedAt") not in (None, "") or _normalise_status(status) in SUCCESS_STATUSES | FAILURE_STATUSES
 
 
@@ -607,10 +575,9 @@ class RunStep:
 class PlaybookRun:
     """A playbook run. Every field is optional; the server's object is ``raw``.
 
-    ``is_terminal`` is true once ``finishedAt`` is set, or the status (compared
-    case-insensitively, ``-`` and spaces read as ``_``) is one of
-    ``SUCCESS_STATUSES`` or ``FAILURE_STATUSES``. ``succeeded`` is true only for a
-    status in ``SUCCESS_STATUSES``: an unknown status never counts as success.
+    ``is_terminal`` once ``finishedAt`` is set or the status (case-insensitive, ``-`` and
+    spaces read as ``_``) is in ``SUCCESS_STATUSES`` or ``FAILURE_STATUSES``; ``succeeded``
+    only for a status in ``SUCCESS_STATUSES`` (an unknown one never counts as success).
     """
 
     id: Optional[str] = None
@@ -664,19 +631,17 @@ class WsTicket:
         ticket, ws_url = data.get("ticket"), data.get("wsUrl")
         if not isinstance(ticket, str) or not ticket:
             raise _WrongShape("a ws-ticket response must carry a non-empty 'ticket' string")
-        return cls(ticket=ticket, expires_at=_parse_timestamp(data.get("expiresAt")),
-                   expires_in_seconds=_number_or_none(data.get("expiresInSeconds")),
+        seconds = data.get("expiresInSeconds")
+        seconds = float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else None
+        return cls(ticket=ticket, expires_at=_parse_timestamp(data.get("expiresAt")), expires_in_seconds=seconds,
                    ws_url=ws_url if isinstance(ws_url, str) and ws_url else None, raw=dict(data))
 
 
 @attrs.frozen
 class Event:
-    """One message from a live stream. The format is not documented, so nothing is
-    dropped: ``raw`` is the decoded message, untouched.
-
-    ``type`` comes from ``type`` or ``event``, ``id`` from ``id`` or ``eventId`` (as
-    str), ``data`` is the message's ``data`` or ``payload`` member when present, else
-    the whole message.
+    """One message from a live stream; ``raw`` is the decoded message, untouched (the format
+    is not documented). ``type`` is from ``type`` or ``event``, ``id`` from ``id`` or
+    ``eventId`` (as str), ``data`` the ``data`` or ``payload`` member, else the whole message.
     """
 
     type: Optional[str]
@@ -698,8 +663,9 @@ class Event:
         if event_id is None:
             event_id = message.get("eventId")
         data = message["data"] if "data" in message else message["payload"] if "payload" in message else message
-        return cls(type=event_type if type(event_type) is str else _optional_str(event_type),
-                   id=event_id if type(event_id) is str else _id_text(event_id),
+        if type(event_id) is not str:  # not a string: its JSON text (7, 1.5, true); None for no id
+            event_id = json.dumps(event_id) if isinstance(event_id, (int, float)) else None
+        return cls(type=event_type if type(event_type) is str else _optional_str(event_type), id=event_id,
                    data=data, raw=message, received_at=received_at)
 
 
@@ -714,9 +680,8 @@ Params = Union[Mapping[str, Any], Sequence[tuple[str, Any]], None]
 
 def _checked_number(name: str, value: Any, *, whole: bool = False, zero: bool = False,
                     seconds: bool = True) -> Any:
-    """The one check of every number a caller gives: a real int or float (never a bool),
-    above 0 (or at least 0 with ``zero``), whole where it counts things, and at most a
-    week where it is seconds (so NaN and infinity are refused too)."""
+    """The one check of every number a caller gives: an int or float (never a bool), > 0
+    (>= 0 with ``zero``), ``whole`` where it counts things, at most a week for ``seconds``."""
     if (isinstance(value, bool) or not isinstance(value, int if whole else (int, float))
             or not (value >= 0 if zero else value > 0) or not (value <= MAX_SECONDS or not seconds)
             or not math.isfinite(value)):
@@ -750,17 +715,8 @@ def _check_api_key(api_key: Any) -> str:
     return api_key
 
 
-def _check_user_agent(user_agent: Any) -> Optional[str]:
-    if user_agent is not None and (not isinstance(user_agent, str) or user_agent != user_agent.strip()
-                                   or not re.fullmatch(r"[\x20-\x7e]+", user_agent)):
-        raise ConfigurationError("user_agent must be printable ASCII on one line, without surrounding "
-                                 f"spaces, such as 'my-app/1.2'; got {user_agent!r}")
-    return user_agent
-
-
 def _is_loopback(host: Optional[str]) -> bool:
-    """Only names that never leave the machine: ``localhost`` and loopback literals
-    (``localhost.`` and ``foo.localhost`` are resolved through DNS, so they do not count)."""
+    """Whether ``host`` is ``localhost`` or a loopback literal (``foo.localhost`` goes to DNS)."""
     if host is not None and host.lower() == "localhost":
         return True
     try:
@@ -775,8 +731,7 @@ def _check_base_url(base_url: Any, allow_insecure_http: bool) -> str:
         raise ConfigurationError(f"base_url must be a URL such as {DEFAULT_BASE_URL!r}")
     try:
         parts = urlsplit(base_url.strip())
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError for a bad port
+        host, _ = parts.hostname, parts.port  # the port raises ValueError when bad
     except ValueError as exc:
         raise ConfigurationError(f"base_url {base_url!r} is not a valid URL: {exc}") from None
     try:  # requests' own check (control characters), and the name as a resolver takes it
@@ -816,8 +771,12 @@ class _Settings:
                 user_agent: Any, allow_insecure_http: Any, max_response_bytes: Any) -> _Settings:
         if not (verify is None or isinstance(verify, bool) or (isinstance(verify, str) and os.path.exists(verify))):
             raise ConfigurationError(f"verify must be True, False or an existing CA bundle path, not {verify!r}")
+        if user_agent is not None and (not isinstance(user_agent, str) or user_agent != user_agent.strip()
+                                       or not re.fullmatch(r"[\x20-\x7e]+", user_agent)):
+            raise ConfigurationError("user_agent must be printable ASCII on one line, without surrounding "
+                                     f"spaces, such as 'my-app/1.2'; got {user_agent!r}")
         agent = " ".join(filter(None, [
-            _check_user_agent(user_agent), f"rakerone-python/{__version__}",
+            user_agent, f"rakerone-python/{__version__}",
             f"python/{platform.python_version()}", f"requests/{getattr(requests, '__version__', 'unknown')}"]))
         base_url = base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
         return cls(
@@ -900,7 +859,7 @@ def _fill_path(template: Any, ids: tuple[Any, ...]) -> str:
 
 
 def _check_json(body: Any) -> Any:
-    """A request body requests can send as JSON (no NaN or infinity), or ConfigurationError."""
+    """``body`` if requests can send it as JSON (no NaN or infinity), else ConfigurationError."""
     try:
         json.dumps(body, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -916,16 +875,14 @@ def _check_method(method: Any) -> str:
 
 # -- Deadlines -------------------------------------------------------------------------
 #
-# Socket timeouts bound each read, not a whole answer: a server dripping a byte just
-# inside each read timeout would hold a call for hours. So every attempt (an HTTP
-# exchange, or opening a stream) is registered with the process's watchdog thread,
-# which shuts its socket down if it is still running at its deadline. Everything else
-# about time is a _Deadline passed down, read through one replaceable clock.
+# Socket timeouts bound each read, not a whole answer: a server dripping a byte inside each
+# read timeout would hold a call for hours. So the process's watchdog thread shuts down the
+# socket of every attempt (an HTTP exchange, or opening a stream) still running at its
+# deadline. Everything else about time is a _Deadline passed down, read through one clock.
 
 
 class _Clock:
-    """The time every budget, backoff and deadline reads. Tests replace the module's
-    ``_clock`` with one whose ``sleep`` skips ahead instead of waiting."""
+    """The time every budget, backoff and deadline reads (tests replace ``_clock``)."""
 
     now = staticmethod(time.monotonic)
     sleep = staticmethod(time.sleep)
@@ -978,9 +935,8 @@ _ambient_deadline = contextvars.ContextVar("rakerone_deadline", default=_NO_DEAD
 
 
 class _Attempt:
-    """One watched piece of network work, and how to cut it short: ``sock`` as our
-    connections report it the moment it exists, or else ``connection`` holds it (a
-    WebSocket's ``.sock``, or the urllib3 response of a session's own adapter)."""
+    """One watched piece of network work: ``sock`` as our connections report it, or else
+    ``connection`` holding it (a WebSocket, or the urllib3 response of a session's adapter)."""
 
     __slots__ = ("deadline", "owner", "sock", "connection", "cut", "reused")
 
@@ -1003,12 +959,8 @@ class _Attempt:
 
 
 class _Watchdog:
-    """The process's one thread that cuts attempts still running at their deadline.
-
-    Started by the first attempt, gone within twice IDLE_EXIT seconds of the last one's
-    end, built anew in a forked child (_after_fork). Registering costs a lock, and a
-    wake-up only for a deadline sooner than the thread's next.
-    """
+    """The process's one thread that cuts attempts still running at their deadline: started
+    by the first, gone within 2 * IDLE_EXIT s of the last, built anew in a forked child."""
 
     IDLE_EXIT = 2.0
 
@@ -1065,14 +1017,12 @@ class _Watchdog:
 
 
 _watchdog = _Watchdog()
-#: How many times this process is a fork()ed child of the one that imported us: the one
-#: fork generation that transports (their pools) and streams (their sockets) compare.
+#: The fork generation (how many fork()s from the importing process) that pools and streams compare.
 _forks = 0
 
 
 def _after_fork() -> None:
-    """In a forked child: a new watchdog (the parent's thread did not come along, and may
-    have held its lock), and a new generation."""
+    """A new watchdog (the parent's thread did not come along, and may have held its lock)."""
     global _forks, _watchdog
     _forks += 1
     _watchdog = _Watchdog()
@@ -1094,9 +1044,8 @@ _current = threading.local()
 
 
 class _ReportingConnectionMixin:
-    """Tells the current attempt which socket carries it: as soon as a new one exists
-    (before any proxy tunnel or TLS, which could drip too), and each time a pooled one
-    is reused (then also that it is reused)."""
+    """Tells the current attempt its socket: a new one before any tunnel or TLS (which could
+    drip too), a pooled one each time it is reused (and that it is)."""
 
     _rakerone_used_sock: Optional[socket.socket] = None
 
@@ -1123,8 +1072,7 @@ class _ReportingConnectionMixin:
 
 
 class _WatchedPoolMixin:
-    """Unwatches the attempt before its connection goes back to the pool, so its deadline
-    can never cut the next request that takes the connection."""
+    """Unwatches the attempt before its connection goes back to the pool, for the next user."""
 
     # urllib3 has no public hook for "this connection is released": only _put_conn sees it.
     def _put_conn(self, conn: Any) -> None:
@@ -1156,9 +1104,8 @@ _WATCHED_POOLS = {"http": _WatchedHTTPConnectionPool, "https": _WatchedHTTPSConn
 
 
 class _TransportAdapter(requests.adapters.HTTPAdapter):
-    """requests' adapter for the client's own session: a pool big enough for 16 threads,
-    with connections the watchdog can cut from their first byte. (A session you pass
-    keeps its adapters; there the deadline holds from the response headers on.)"""
+    """The own session's adapter: pools for 16 threads, connections cut from their first byte
+    (a session you pass keeps its adapters; there the deadline holds from the headers on)."""
 
     def __init__(self) -> None:
         super().__init__(pool_maxsize=POOL_SIZE)
@@ -1175,8 +1122,8 @@ class _TransportAdapter(requests.adapters.HTTPAdapter):
 
 
 class _BearerAuth(requests.auth.AuthBase):
-    """Adds the API key per request (so a session passed in is never altered, and a
-    ``~/.netrc`` entry cannot replace it); its repr hides it."""
+    """Adds the key per request (a session passed in is never altered, ``~/.netrc`` cannot
+    replace it); its repr hides it."""
 
     def __init__(self, api_key: str) -> None:
         self._header = f"Bearer {api_key}"
@@ -1229,8 +1176,7 @@ def _is_framed(response: requests.Response) -> bool:
 
 
 def _check_route(origin: str, route: Mapping[str, Any], allow_insecure_http: bool) -> None:
-    """Refuse, before any traffic, a CA bundle or certificate file that does not exist, and
-    a cleartext route through a proxy beyond this machine."""
+    """Refuse a missing CA bundle or certificate file, and cleartext through a distant proxy."""
     verify, cert = route["verify"], route["cert"]
     files = [("CA bundle (verify, or REQUESTS_CA_BUNDLE)", verify if isinstance(verify, str) else None)]
     if isinstance(cert, str):
@@ -1243,7 +1189,7 @@ def _check_route(origin: str, route: Mapping[str, Any], allow_insecure_http: boo
     proxy = requests.utils.select_proxy(origin, dict(route["proxies"])) or ""
     try:
         proxy_parts = urlsplit(proxy if not proxy or "://" in proxy else "http://" + proxy)
-        proxy_parts.port  # noqa: B018 - raises ValueError for a bad port
+        _ = proxy_parts.port  # raises ValueError when bad
     except ValueError as exc:
         raise ConfigurationError(f"the proxy URL for {origin} is not usable ({exc})") from None
     if proxy_parts.scheme.startswith("socks") and importlib.util.find_spec("socks") is None:
@@ -1258,10 +1204,9 @@ def _check_route(origin: str, route: Mapping[str, Any], allow_insecure_http: boo
 
 
 class _Transport:
-    """The only code that touches requests, urllib3 and websocket-client: one session,
-    one route decision (proxies, trust, certificate) for HTTP and streams alike, calls
-    with retries and a body limit, and the sockets streams run on. Every failure leaves
-    as the classifier's verdict (_Failed)."""
+    """The only code touching requests, urllib3 and websocket-client: one session, one route
+    for HTTP and streams, calls with retries and a body limit, sockets for streams. Every
+    failure leaves as the classifier's verdict (_Failed)."""
 
     def __init__(self, settings: _Settings, session: Optional[requests.Session]) -> None:
         if session is not None and not isinstance(session, requests.Session):
@@ -1319,8 +1264,8 @@ class _Transport:
         return delay if delay < _Deadline.ambient().remaining() else None
 
     def _attempt(self, method: str, path: str, what: str, params: Params, body: Any, may_resend: bool) -> Any:
-        """One exchange, bounded end to end by the watchdog; its decoded JSON body. Failures
-        leave as _Failed, built outside the except blocks (no context carries a secret)."""
+        """One exchange, watched end to end; its JSON. _Failed is built outside the except
+        blocks, so no context carries a secret."""
         self._check_fork()
         deadline = _Deadline.ambient().sooner(self.settings.attempt_seconds)
         budget = deadline.at - _clock.now()
@@ -1372,9 +1317,8 @@ class _Transport:
 
     def _send(self, prepared: requests.PreparedRequest, route: dict[str, Any], attempt: _Attempt,
               may_resend: bool, what: str) -> requests.Response:
-        """Send as your session does, redirects off, the body left unread; once more at once
-        on a new connection if a request safe to repeat met a pooled connection the server
-        had just closed (no answer came: counted as no retry, it keeps the deadline)."""
+        """Send as your session does, redirects off, body unread; resend at once (not counted
+        as a retry) a repeatable request that met a pooled connection the server had closed."""
         for resending in (False, True):
             left, timeout = attempt.deadline.remaining(), self.settings.timeout
             try:
@@ -1394,9 +1338,8 @@ class _Transport:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _read_body(self, response: requests.Response, method: str) -> tuple[bytes, bool]:
-        """The whole body, refused unread when compressed or over the size limit (an error
-        page is read only as far as its message needs, and not when compressed); and
-        whether it was cut short."""
+        """The body, refused unread when compressed or too large, and whether it was cut short
+        (an error page is read only as far as its message needs, and not when compressed)."""
         status, limit = response.status_code, self.settings.max_response_bytes
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
         if method == "HEAD" or status in (204, 304) or (status >= 300 and encoding not in ("", "identity")):
@@ -1435,19 +1378,17 @@ class _Transport:
             "unreadable", f"answered HTTP {response.status_code} with a body that is {problem}", content), what)
 
     def _scrubbed(self, response: requests.Response, page: str) -> requests.Response:
-        """The error answer as errors keep it (and pickle it): read, redacted, and its
-        request without the key."""
+        """The error answer as errors keep (and pickle) it: read, redacted, its request keyless."""
         kept = requests.Response()
         kept.status_code, kept.reason, kept.encoding = response.status_code, response.reason, "utf-8"
-        kept.headers, kept.url, kept.raw = response.headers, self.secrets.redact(response.url or ""), io.BytesIO(
-            page.encode())
+        kept.headers, kept.url = response.headers, self.secrets.redact(response.url or "")
+        kept.raw = io.BytesIO(page.encode())
         kept.request = self.secrets.request(response.request)  # type: ignore[assignment]
         return kept
 
     def route(self, url: str) -> dict[str, Any]:
-        """Proxies, TLS trust and client certificate for a URL, as requests merges the
-        session's settings and the environment; an explicit ``verify=`` wins. Read once per
-        origin and session state (scanning the environment is a third of a call)."""
+        """Proxies, TLS trust and certificate for a URL as requests merges session and
+        environment (``verify=`` wins); cached, as scanning the environment is a third of a call."""
         session, verify = self._session, self.settings.verify
         origin = "/".join(_as_http(url).split("/", 3)[:3])
         key = (origin, session.trust_env, tuple(sorted(session.proxies.items())), session.verify, session.cert)
@@ -1463,17 +1404,15 @@ class _Transport:
         return route
 
     def _check_fork(self) -> None:
-        """In a forked child: let go of the pooled connections inherited from the parent
-        (closing our copies only), so the child never reads an answer meant for it."""
+        """In a forked child, drop the parent's pooled connections (our copies only)."""
         if self._generation != _forks:
             for adapter in self._session.adapters.values():
                 adapter.close()
             self._generation = _forks
 
     def open_stream(self, url: str, what: str) -> Any:
-        """A WebSocket on ``url``, opened within the client's timeout (and the ambient
-        deadline): TCP, any proxy tunnel and TLS by urllib3's connection, watched from the
-        first byte, then websocket-client's upgrade on that socket. Raises _Failed."""
+        """A WebSocket on ``url`` within the timeout: urllib3's connection (TCP, tunnel, TLS),
+        watched from the first byte, then websocket-client's upgrade on it. Raises _Failed."""
         import websocket
 
         self._check_fork()
@@ -1511,9 +1450,7 @@ class _Transport:
 
 
 class _BoundedUpgrade:
-    """The socket as websocket-client sees it during the upgrade, whose answer it reads a
-    byte at a time with no limit: the answer may hold UPGRADE_ANSWER_BYTES and
-    UPGRADE_ANSWER_LINES at most (http.client's limits)."""
+    """The socket during the upgrade, whose answer websocket-client would read without limit."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock, self._read, self._lines = sock, 0, 0
@@ -1531,8 +1468,7 @@ class _BoundedUpgrade:
 
 
 def _upgrade_refusal(answer: Any, key: str) -> Any:
-    """None for a 101 whose ``Sec-WebSocket-Accept`` answers our key; else what to judge
-    (websocket-client 1.4 takes a 3xx for an open socket, so we check on every release)."""
+    """None for a 101 answering our key, else what to judge (websocket-client 1.4 opens on a 3xx)."""
     status = getattr(answer, "status", None)
     headers = requests.structures.CaseInsensitiveDict(getattr(answer, "headers", None) or {})
     accept = base64.b64encode(hashlib.sha1((key + _WEBSOCKET_GUID).encode()).digest()).decode()
@@ -1558,8 +1494,7 @@ def _stream_proxy(url: str, route: Mapping[str, Any], secrets: _Secrets) -> Opti
 
 def _stream_socket(url: str, route: Mapping[str, Any], proxy: Optional[tuple[str, int, Any]],
                    timeout: float) -> socket.socket:
-    """A connected socket for a stream: TCP by urllib3's connection, through the proxy's
-    tunnel if any, with TLS for wss on the route's trust and certificate."""
+    """A stream's socket: urllib3's connection, through any proxy tunnel, with TLS for wss."""
     parts = urlsplit(url)
     secure = parts.scheme == "wss"
     host, port = parts.hostname or "", parts.port or (443 if secure else 80)
@@ -1577,8 +1512,7 @@ def _stream_socket(url: str, route: Mapping[str, Any], proxy: Optional[tuple[str
 
 
 def _stream_tls_context(route: Mapping[str, Any]) -> ssl.SSLContext:
-    """A stream's TLS context on the route requests chose: urllib3's defaults, the same
-    trust (CA bundle, or none with verify=False) and the same client certificate."""
+    """urllib3's TLS context with the route's trust and client certificate."""
     verify, cert = route["verify"], route["cert"]
     context = urllib3.util.ssl_.create_urllib3_context(cert_reqs=ssl.CERT_NONE if verify is False else ssl.CERT_REQUIRED)
     context.check_hostname = verify is not False  # urllib3 1.26 leaves it off (it checks names itself)
@@ -1597,8 +1531,8 @@ _FORKED_STREAM = ("this stream was opened before fork(): a stream cannot be carr
 
 
 class _Lost(Exception):
-    """Internal: this connection (or attempt at one) ended; ``error`` says why, and
-    another connection may work. ``refused``: the server refused the ticket."""
+    """Internal: a connection (or attempt) ended with ``error``; another may work.
+    ``refused``: the server refused the ticket."""
 
     def __init__(self, error: RakerOneError, message: str = "", refused: bool = False) -> None:
         super().__init__(message or str(error))
@@ -1607,16 +1541,10 @@ class _Lost(Exception):
 
 
 class _Liveness:
-    """The one judgement of a stream's life, from explicit evidence.
-
-    A connection shows life with a new event, or with a ping or pong from the server
-    once it has been open CONNECTION_WORKS_AFTER seconds; an upgrade, duplicates and a
-    connection's age show nothing. From that: an outage (no connection showing life)
-    longer than ``max_outage`` gives up; a ticket refused after life is an expiry and
-    gets a fresh one, however often, while two refusals with no life between raise
-    AuthenticationError; ``idle_timeout`` counts time without a new event across
-    reconnects and outages.
-    """
+    """The one judgement of a stream's life. A connection shows life with a new event, or a
+    ping or pong after CONNECTION_WORKS_AFTER s open. An outage (no life) over ``max_outage``
+    gives up; a ticket refused after life expired and is minted anew, two refusals without
+    life raise AuthenticationError; ``idle_timeout`` spans reconnects."""
 
     def __init__(self, path: str, settings: _StreamSettings) -> None:
         self._path, self._settings = path, settings
@@ -1688,11 +1616,7 @@ class _Liveness:
 
 
 class _RecentIds:
-    """The last ``size`` event ids, oldest first: bounded memory for exactly-once delivery.
-
-    An id longer than DEDUPE_DIGEST_ABOVE characters is kept as a 16-byte digest, so
-    the window's memory does not depend on how long the server's ids are.
-    """
+    """The last ``size`` event ids, oldest first (a long id as a 16-byte digest), for exactly-once."""
 
     def __init__(self, size: int) -> None:
         self._ids: collections.OrderedDict[Union[str, bytes], None] = collections.OrderedDict()
@@ -1717,12 +1641,8 @@ _raw_decode = json.JSONDecoder().raw_decode
 
 
 def _decode_json(payload: bytes, secrets: _Secrets) -> Any:
-    """Decode a frame's UTF-8 JSON exactly as ``json.loads`` would, or raise StreamError.
-
-    ``raw_decode`` skips ``json.loads``'s two layers and two regular expressions
-    (~0.7 us of a 200 B event); anything it does not take whole (surrounding
-    whitespace, an error) goes to ``json.loads`` of the text for its answer.
-    """
+    """Decode a frame's UTF-8 JSON exactly as ``json.loads`` would, or raise StreamError;
+    ``raw_decode`` saves ~0.7 us an event, ``json.loads`` has the answer for the rest."""
     try:
         text = payload.decode("utf-8")
         try:
@@ -1738,14 +1658,9 @@ def _decode_json(payload: bytes, secrets: _Secrets) -> Any:
 
 
 class _ConnectionReader:
-    """Reads one connection's events, keeping it alive with pings and deadlines, and
-    telling the stream's _Liveness what it sees.
-
-    The socket wakes the reader at the nearest deadline (ping due, pong due, idle, the
-    ambient deadline), also in the middle of a frame or while frames keep coming. The
-    wake-up time is set when state changes, never per frame: a wake-up that comes early
-    only sets the next one. Duplicates are no sign of life: they do not put off a ping.
-    """
+    """Reads one connection's events, pinging and telling _Liveness what it sees. The socket
+    wakes it at the nearest of ping, pong, idle and ambient deadline, even mid-frame; the
+    wake-up is set on a change of state, never per frame. Duplicates do not put off a ping."""
 
     def __init__(self, ws: Any, settings: _StreamSettings, alive: _Liveness, secrets: _Secrets,
                  what: str) -> None:
@@ -1757,8 +1672,7 @@ class _ConnectionReader:
         ws.set_wake_time(self._next_wake())
 
     def events(self, seen: _RecentIds, born: int) -> Generator[Event, None, None]:
-        """Yield the events not ``seen`` before; return on close 1000, raise _Lost on a
-        drop. ``born`` is the fork generation that opened the connection."""
+        """Yield events not ``seen``; return on close 1000, raise _Lost on a drop (``born``: fork generation)."""
         import websocket
 
         # The per-frame path: one JSON decode, no logging, names bound once.
@@ -1835,16 +1749,11 @@ _FrameHeader = tuple[int, int, Optional[bytes]]
 
 
 class _FrameReader:
-    """The frame reader mixed into websocket-client's ``WebSocket``: overrides its public
-    ``recv_frame()`` (and extends ``__init__``), no private method.
+    """Mixed into websocket-client's ``WebSocket``, overriding only its public ``recv_frame()``.
 
-    websocket-client reads a frame in three small reads; this reads the socket
-    READ_AHEAD_BYTES at a time and cuts frames out of that buffer (a payload longer than
-    the buffer is read into its own). Reading the header first lets ``max_message_bytes``
-    refuse a message before its payload. Frames are websocket-client's ``ABNF``, checked
-    by its ``validate()``; continuations, pings, pongs and the close handshake stay its
-    own. No read waits past the wake-up time, even inside a trickling frame; a frame cut
-    short by a timeout is kept and resumed by the next call.
+    Reads the socket READ_AHEAD_BYTES at a time (not three reads a frame) and cuts ``ABNF``
+    frames from that buffer; the header comes first, so ``max_message_bytes`` refuses a
+    message unread. No read waits past the wake-up time; a frame cut short is resumed.
     """
 
     #: The largest message accepted, fragments included; more is refused with close 1009.
@@ -1979,9 +1888,7 @@ class _FrameReader:
         return bytes(payload)
 
     def _read_into(self, view: memoryview) -> int:
-        """One read, with websocket-client's exceptions for a timeout or a closed socket.
-        No read waits past the wake-up time: neither a trickling frame nor frames that
-        bring no event (replays) may hold off the heartbeat and the deadlines."""
+        """One read, never past the wake-up time, raising websocket-client's exceptions."""
         sock, websocket = self.sock, self.websocket
         if sock is None:
             raise websocket.WebSocketConnectionClosedException("socket is already closed.")
@@ -2010,7 +1917,6 @@ def _read_ahead_websocket_class() -> type:
     return type("ReadAheadWebSocket", (_FrameReader, websocket.WebSocket), {"websocket": websocket})
 
 
-
 def _on_close_frame(payload: bytes, secrets: _Secrets) -> None:
     """Act on the server's close: return on 1000, else raise what the classifier says."""
     code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
@@ -2025,9 +1931,7 @@ def _on_close_frame(payload: bytes, secrets: _Secrets) -> None:
 
 
 def _close_socket(ws: Any, polite: bool) -> None:
-    """Say goodbye (close 1000) if the socket is still open, and release it at once. The
-    wait for the server's answer ends by CLOSE_TIMEOUT, and by the ambient deadline. In
-    a forked child, the socket is the parent's too: it is only let go of."""
+    """Close 1000 (waiting CLOSE_TIMEOUT at most) when ``polite`` (not in a forked child), and release."""
     if ws.connected and polite:
         wait = _Deadline.ambient().clamp(CLOSE_TIMEOUT)
         ws.set_wake_time(_clock.now() + wait)  # a half-read frame cannot hold it longer
@@ -2039,8 +1943,7 @@ _SOCKET_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
 
 
 def _stream_url(transport: _Transport, path: str, ticket: WsTicket) -> str:
-    """The ticket's ``wsUrl``, or else ``<base>/…/ws?ticket=`` with ws(s); never a
-    cleartext URL where the base URL would not be allowed one."""
+    """The ticket's ``wsUrl``, else ``<base>/…/ws?ticket=``, as ws(s), never cleartext unless allowed."""
     settings = transport.settings
     url = ticket.ws_url or f"{settings.base_url}{path}/ws?ticket={quote(ticket.ticket, safe='')}"
     parts = urlsplit(url)
@@ -2057,8 +1960,7 @@ def _stream_url(transport: _Transport, path: str, ticket: WsTicket) -> str:
 
 
 def _open_connection(transport: _Transport, path: str, mint_ticket: Callable[[], WsTicket]) -> Any:
-    """Mint a ticket and open a WebSocket with it; _Lost when another attempt may work
-    (or the upgrade refused the ticket), our error when nothing will."""
+    """Mint a ticket and open a WebSocket; _Lost when another attempt may work, else our error."""
     try:
         ticket = mint_ticket()
     except RakerOneError as error:
@@ -2131,19 +2033,11 @@ class Client:
     for a missing key or an unusable setting.
     """
 
-    def __init__(
-        self,
-        api_key: Optional[str] = None,
-        *,
-        base_url: Optional[str] = None,
-        timeout: Timeout = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        verify: Union[bool, str, None] = None,
-        session: Optional[requests.Session] = None,
-        user_agent: Optional[str] = None,
-        allow_insecure_http: bool = False,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-    ) -> None:
+    def __init__(self, api_key: Optional[str] = None, *, base_url: Optional[str] = None,
+                 timeout: Timeout = DEFAULT_TIMEOUT, max_retries: int = DEFAULT_MAX_RETRIES,
+                 verify: Union[bool, str, None] = None, session: Optional[requests.Session] = None,
+                 user_agent: Optional[str] = None, allow_insecure_http: bool = False,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         settings = _Settings.checked(api_key, base_url, timeout, max_retries, verify, user_agent,
                                      allow_insecure_http, max_response_bytes)
         #: The API root, without a trailing slash.
@@ -2173,8 +2067,7 @@ class Client:
         path = _run_path(project_id, run_id)
         payload = self._transport.call("GET", path)
         run = payload.get("run") if isinstance(payload, dict) else None
-        parsed: PlaybookRun = _parsed(PlaybookRun.from_dict, run, f"GET {path}", payload)
-        return parsed
+        return cast(PlaybookRun, _parsed(PlaybookRun.from_dict, run, f"GET {path}", payload))
 
     def mint_run_ticket(self, project_id: Id, run_id: Id) -> WsTicket:
         """Mint a short-lived ticket for the run's WebSocket (see ``iter_run_events``)."""
@@ -2206,11 +2099,10 @@ class Client:
                      on_update: Optional[Callable[[PlaybookRun], None]] = None) -> PlaybookRun:
         """Block until the run finishes, and return it (succeeded or not).
 
-        Follows the run's events and confirms with ``get_run``; polls when the stream
-        cannot be had. Failures worth waiting out (``error.retryable``: network errors,
-        timeouts, 5xx, 429, lost streams) are waited out; the others raise at once.
-        After ``timeout`` seconds, raises WaitTimeoutError with the last run seen: no
-        request, sleep or read runs past that deadline. ``on_update`` gets each state seen.
+        Follows the run's events and confirms with ``get_run``, or polls. Failures with
+        ``error.retryable`` (network, timeouts, 5xx, 429, lost streams) are waited out; the
+        others raise at once. After ``timeout`` seconds (nothing runs past it), raises
+        WaitTimeoutError with the last run seen. ``on_update`` gets each state seen.
         """
         _run_path(project_id, run_id)
         if timeout is not None:
@@ -2225,13 +2117,11 @@ class Client:
                         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Generator[Event, None, None]:
         """Yield the run's live events, each exactly once, until the server ends the stream.
 
-        Every connection mints a fresh ticket; an event whose id was already yielded is
-        skipped. Drops and server restarts reconnect until ``max_outage`` seconds pass
-        without a working connection (0: never reconnect). A silent peer is pinged after
-        ``ping_interval`` seconds and dropped after ``ping_timeout`` more. Raises
-        StreamDisconnectedError when the outage budget runs out, MessageTooLargeError
-        over ``max_message_bytes``, StreamError for a frame that is not JSON,
-        StreamTimeoutError after ``idle_timeout`` seconds without an event, and
+        Every connection mints a fresh ticket; replayed ids are skipped. Drops reconnect
+        until ``max_outage`` seconds pass without a working connection (0: never). A silent
+        peer is pinged after ``ping_interval`` s, dropped after ``ping_timeout`` more. Raises
+        StreamDisconnectedError (outage), MessageTooLargeError (``max_message_bytes``),
+        StreamError (not JSON), StreamTimeoutError (``idle_timeout`` without an event), and
         AuthenticationError / PermissionDeniedError / NotFoundError when refused.
         """
         settings = _StreamSettings.checked(max_outage, max_message_bytes, ping_interval, ping_timeout, idle_timeout)
@@ -2254,19 +2144,16 @@ class Client:
 
 # -- Waiting for a run -----------------------------------------------------------------
 
-WAIT_POLL_FIRST = 1.0  # seconds without news before the run is checked, doubling...
-WAIT_POLL_CAP = 15.0  # ...up to this
+WAIT_POLL_FIRST, WAIT_POLL_CAP = 1.0, 15.0  # seconds without news before the run is checked, doubling to the cap
 WAIT_REFRESH_EVERY = 1.0  # at most one get_run per this many seconds while events flow
 #: Kept before the deadline (at most this, and a tenth of the wait) for a last look at the run.
 WAIT_LAST_LOOK = 1.0
 
 
 class _RunWait:
-    """Waits for a run to finish through the public API. It follows the run's events and
-    confirms with get_run at most once a second while new events arrive, whenever none
-    came for a while (1 s doubling to 15 s), after any stream error, and once more just
-    before its deadline; it polls on the same schedule when the stream cannot be had.
-    Errors that are ``retryable`` are waited out; the others end the wait."""
+    """Waits for a run through the public API: follows its events, confirming with get_run at
+    most once a second while they flow, after a quiet spell (1 s doubling to 15 s) or a stream
+    error, and just before the deadline; polls without a stream. Waits out ``retryable`` errors."""
 
     def __init__(self, client: Client, project_id: Id, run_id: Id, timeout: Optional[float],
                  on_update: Optional[Callable[[PlaybookRun], None]]) -> None:
@@ -2329,8 +2216,7 @@ class _RunWait:
         self._last_error = error
 
     def _follow_stream(self, quiet: float) -> tuple[Optional[PlaybookRun], float]:
-        """Follow the events until the stream ends, fails, or brings nothing new for
-        ``quiet`` seconds: the finished run if seen, and the next quiet period."""
+        """Follow events until the stream ends, fails or is ``quiet``: a finished run, and the next quiet."""
         events = self._client.iter_run_events(self._project_id, self._run_id, idle_timeout=quiet)
         last_check, news = _clock.now(), False
         try:
@@ -2345,8 +2231,7 @@ class _RunWait:
         return None, WAIT_POLL_FIRST if news else min(quiet * 2, WAIT_POLL_CAP)
 
     def _next_event(self, events: Iterator[Event]) -> bool:
-        """Whether a new event arrived; False once the stream ended, went quiet or failed.
-        A stream refused for good is left for polling: get_run has the last word."""
+        """Whether a new event arrived; a stream refused for good is left for polling."""
         try:
             next(events)
             return True
@@ -2396,8 +2281,7 @@ def request(method: str, path: str, *ids: Id, params: Params = None, json: Any =
 
 
 def iter_run_events(project_id: Id, run_id: Id, **options: Any) -> Generator[Event, None, None]:
-    """Follow a run's events with a client built from the environment; options as for
-    ``Client.iter_run_events``. The client is closed when the loop ends."""
+    """Follow a run's events with a client from the environment; see ``Client.iter_run_events``."""
     return _with_own_client(lambda client: client.iter_run_events(project_id, run_id, **options))
 
 
