@@ -476,11 +476,11 @@ class _Secrets:
             self._forms = sorted(self._key_forms.union(*self._tickets), key=len, reverse=True)
             self._pattern = re.compile("|".join(map(re.escape, self._forms)) or r"(?!)", re.IGNORECASE)
         text = self._pattern.sub("***", text)
-        tail = text[-max(map(len, self._forms or [""])):].lower() if cut else ""
-        for form in self._forms or () if tail else ():
-            size = next((size for size in range(len(form) - 1, 3, -1) if tail.endswith(form[:size].lower())), 0)
-            if size:
-                text, tail = text[:-size] + "***", ""
+        if cut and self._forms:
+            tail = text[-len(self._forms[0]):].lower()  # the longest form's length
+            size = max((size for form in self._forms for size in range(len(form) - 1, 3, -1)
+                        if tail.endswith(form[:size].lower())), default=0)
+            text = text[:-size] + "***" if size else text
         return _TICKET_IN_URL.sub(r"\1***", _BEARER_TOKEN.sub(r"\1***", text))
 
     def excerpt(self, content: Union[bytes, str], limit: int = 200) -> str:

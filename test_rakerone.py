@@ -4718,6 +4718,7 @@ ENCODINGS = {
 @hypothesis.given(encoding=hypothesis.strategies.sampled_from(sorted(ENCODINGS)),
                   which=hypothesis.strategies.sampled_from(["key", "ticket"]),
                   offset=hypothesis.strategies.integers(-40, 40), status=hypothesis.strategies.sampled_from([500, 403]))
+@hypothesis.example(encoding="JSON \\u escapes", which="key", offset=-22, status=500)  # a shorter form's start matched
 def test_no_encoding_of_a_secret_survives_anywhere_around_the_cut(caplog, encoding, which, offset, status):
     caplog.clear()
     caplog.set_level(logging.DEBUG, logger="rakerone")
