@@ -1616,14 +1616,19 @@ class _Liveness:
 
 
 class _RecentIds:
-    """The last ``size`` event ids, oldest first (a long id as a 16-byte digest), for exactly-once."""
+    """The last ``size`` event ids, oldest first (a long id as a 16-byte digest), for exactly-once.
+
+    An unknown id that may be an old one the window let go (replayed after a reconnect,
+    before any id the window holds) is kept as the oldest: it never pushes out the ids the
+    replay brings next, so a replay longer than the window repeats only its oldest events.
+    """
 
     def __init__(self, size: int) -> None:
         self._ids: collections.OrderedDict[Union[str, bytes], None] = collections.OrderedDict()
         self._size = size
 
-    def add(self, event_id: str) -> bool:
-        """Remember the id; False when it was already there."""
+    def add(self, event_id: str, forgotten: bool = False) -> bool:
+        """Remember the id (as the oldest if it may be ``forgotten``); False when it was there."""
         key: Union[str, bytes] = event_id
         if len(event_id) > DEDUPE_DIGEST_ABOVE:
             key = hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
@@ -1631,6 +1636,8 @@ class _RecentIds:
         if key in ids:
             return False
         ids[key] = None
+        if forgotten:
+            ids.move_to_end(key, last=False)
         if len(ids) > self._size:
             ids.popitem(last=False)
         return True
@@ -1671,8 +1678,9 @@ class _ConnectionReader:
         ws.max_message_bytes = settings.max_message_bytes
         ws.set_wake_time(self._next_wake())
 
-    def events(self, seen: _RecentIds, born: int) -> Generator[Event, None, None]:
-        """Yield events not ``seen``; return on close 1000, raise _Lost on a drop (``born``: fork generation)."""
+    def events(self, seen: _RecentIds, born: int, replay: bool) -> Generator[Event, None, None]:
+        """Yield events not ``seen``; return on close 1000, raise _Lost on a drop (``born``: fork
+        generation; ``replay``: a reconnection, whose first unknown ids may be forgotten old ones)."""
         import websocket
 
         # The per-frame path: one JSON decode, no logging, names bound once.
@@ -1690,7 +1698,7 @@ class _ConnectionReader:
             if opcode == _OPCODE_TEXT or opcode == _OPCODE_BINARY:
                 event = from_message(_decode_json(frame.data, self._secrets), wall_clock(utc))
                 del frame  # free the payload before the loop body runs
-                if event.id is None or add_id(event.id):
+                if event.id is None or add_id(event.id, replay):
                     self._last_frame_at = alive.last_event_at = now()
                     self._ping_sent_at = None
                     if not alive.working:
@@ -1698,6 +1706,8 @@ class _ConnectionReader:
                     yield event
                     if _forks != born:
                         raise StreamError(_FORKED_STREAM)
+                else:
+                    replay = False  # a known id: the replay has reached what the window holds
             elif opcode == _OPCODE_CLOSE:
                 _on_close_frame(frame.data, self._secrets)
                 return
@@ -1978,7 +1988,7 @@ def _open_connection(transport: _Transport, path: str, mint_ticket: Callable[[],
 def _iter_events(transport: _Transport, path: str, mint_ticket: Callable[[], WsTicket],
                  settings: _StreamSettings) -> Generator[Event, None, None]:
     """A stream's events, each once, over as many connections as its liveness allows."""
-    seen, alive, born = _RecentIds(DEDUPE_WINDOW), _Liveness(path, settings), _forks
+    seen, alive, born, connections = _RecentIds(DEDUPE_WINDOW), _Liveness(path, settings), _forks, 0
     while True:
         if _forks != born:
             raise StreamError(_FORKED_STREAM)
@@ -1988,9 +1998,10 @@ def _iter_events(transport: _Transport, path: str, mint_ticket: Callable[[], WsT
             alive.ended(lost)
             continue
         alive.opened()
+        connections += 1
         reader = _ConnectionReader(ws, settings, alive, transport.secrets, f"stream {path}")
         try:
-            yield from reader.events(seen, born)
+            yield from reader.events(seen, born, replay=connections > 1)
             return
         except _Lost as lost:
             ended = lost

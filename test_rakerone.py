@@ -4861,3 +4861,16 @@ def test_every_shell_block_of_readme_is_run_by_ci():
         assert all(command.startswith(("pip install", "python -m rakerone_fake demo", "python3 -m venv"))
                    for command in commands)
     assert "README's commands" in run and "^python3 -m venv " in run
+
+
+def test_a_replay_longer_than_the_dedupe_window_repeats_only_its_oldest_events(fake, stream_client, monkeypatch):
+    monkeypatch.setattr(rakerone, "DEDUPE_WINDOW", 20)
+    emit(fake, *range(22))
+    events = stream_client.iter_run_events(PROJECT, RUN)
+    first = [next(events).id for _ in range(22)]
+    fake.drop_streams()  # the next connection replays all 22: the window holds the last 20
+    emit(fake, 22)
+    fake.finish_run_stream(PROJECT, RUN)
+
+    assert first == [f"e{n}" for n in range(22)]
+    assert [event.id for event in events] == ["e0", "e1", "e22"]
