@@ -101,16 +101,16 @@ NOT_ACTED_STATUSES = frozenset({429, 503})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRY_BACKOFF_BASE = 0.5  # seconds; doubled per attempt, then fully jittered
 RETRY_BACKOFF_CAP = 8.0
-#: A longer Retry-After is not slept through: the error is raised at once.
+#: A longer Retry-After is not slept through by a call: its error is raised at once.
 RETRY_AFTER_CAP = 60.0
 
-#: Seconds a stream may go without a working connection before it gives up (max_outage).
+#: Seconds a stream may go without a connection showing life before it gives up (max_outage).
 DEFAULT_MAX_OUTAGE = 60.0
 DEFAULT_PING_INTERVAL = 20.0
 DEFAULT_PING_TIMEOUT = 10.0
 RECONNECT_BACKOFF_BASE = 0.25  # seconds; doubled per failed attempt, capped, fully jittered
 RECONNECT_BACKOFF_CAP = 10.0
-#: A connection that stays open this long, or delivers a new event, counts as working.
+#: A ping or pong from the server shows life once its connection has been open this long.
 CONNECTION_WORKS_AFTER = 0.5
 #: The largest message a stream accepts by default (max_message_bytes), fragments included.
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
