@@ -122,7 +122,6 @@ DEDUPE_DIGEST_ABOVE = 64
 READ_AHEAD_BYTES = 256 * 1024
 #: The most the answer to a WebSocket upgrade may hold (as http.client allows a header block).
 UPGRADE_ANSWER_BYTES, UPGRADE_ANSWER_LINES = 64 * 1024, 102
-_WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's, for Sec-WebSocket-Accept
 #: How long closing a stream waits for the server to answer our close frame.
 CLOSE_TIMEOUT = 1.0
 #: Close codes after which a stream reconnects (besides a dropped connection).
@@ -1420,7 +1419,8 @@ class _Transport:
         proxy = _stream_proxy(url, route, self.secrets)
         deadline, attempt_started = _Deadline.ambient().sooner(self.settings.attempt_seconds), _clock.now()
         ws = _read_ahead_websocket_class()(skip_utf8_validation=True, enable_multithread=False)
-        attempt, failure, key = _Attempt(deadline, self), None, base64.b64encode(os.urandom(16)).decode()
+        attempt = _Attempt(deadline, self)
+        failure: Any = None
         attempt.connection = ws
         logger.debug("%s: connecting to %s", what, self.secrets.redact(url))
         _watchdog.watch(attempt)
@@ -1428,12 +1428,12 @@ class _Transport:
         try:
             sock = attempt.sock = _stream_socket(url, route, proxy, deadline.remaining())
             ws.connect(url, socket=_BoundedUpgrade(sock), redirect_limit=0,
-                       header={"User-Agent": self.settings.user_agent, "Sec-WebSocket-Key": key})
+                       header={"User-Agent": self.settings.user_agent})
             ws.sock = sock  # upgraded: frames are read from the socket itself
-            failure = _upgrade_refusal(ws.handshake_response, key)
+            failure = _upgrade_refusal(ws.handshake_response)
         except Exception as exc:  # noqa: BLE001 - the classifier sorts them out
             answered = ws.handshake_response is not None  # a redirect, say ("Redirect limit exhausted")
-            failure = (_upgrade_refusal(ws.handshake_response, key) if answered else None) or exc
+            failure = (_upgrade_refusal(ws.handshake_response) if answered else None) or exc
         finally:
             _current.attempt = None
             _watchdog.unwatch(attempt)
@@ -1467,16 +1467,13 @@ class _BoundedUpgrade:
         return getattr(self._sock, name)
 
 
-def _upgrade_refusal(answer: Any, key: str) -> Any:
-    """None for a 101 answering our key, else what to judge (websocket-client 1.4 opens on a 3xx)."""
+def _upgrade_refusal(answer: Any) -> Optional[_Answer]:
+    """None for a 101 (whose Sec-WebSocket-Accept websocket-client has checked), else the answer
+    to judge: websocket-client 1.4 takes a 3xx for an open socket."""
     status = getattr(answer, "status", None)
-    headers = requests.structures.CaseInsensitiveDict(getattr(answer, "headers", None) or {})
-    accept = base64.b64encode(hashlib.sha1((key + _WEBSOCKET_GUID).encode()).digest()).decode()
     if status == 101:
-        return None if headers.get("Sec-WebSocket-Accept") == accept else StreamError(
-            "the answer to the WebSocket upgrade does not carry the Sec-WebSocket-Accept our key asks "
-            "for: something between here and the API does not speak WebSocket")
-    return _Answer(status or 0, headers, "")
+        return None
+    return _Answer(status or 0, requests.structures.CaseInsensitiveDict(getattr(answer, "headers", None) or {}), "")
 
 
 def _stream_proxy(url: str, route: Mapping[str, Any], secrets: _Secrets) -> Optional[tuple[str, int, Any]]:
