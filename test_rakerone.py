@@ -4860,7 +4860,7 @@ def test_every_python_block_of_readme_runs_as_written_against_the_sample_fake(no
     assert "could not" not in results[0].stdout and "no such run" not in results[0].stdout
 
 
-def test_every_shell_block_of_readme_is_run_by_ci():
+def test_readme_shell_blocks_hold_only_the_install_demo_and_venv_commands_ci_runs():
     with open(os.path.join(os.path.dirname(__file__), ".ci", "run"), encoding="utf-8") as ci:
         run = ci.read()
 
