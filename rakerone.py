@@ -446,12 +446,14 @@ _BEARER_TOKEN = re.compile(r"(Bearer\s+)[^\s'\",;]+", re.IGNORECASE)
 
 def _secret_forms(secret: str) -> frozenset[str]:
     """Every form a secret travels in: raw, percent-encoded (three ways), JSON-escaped (two),
-    base64 (alone and as Basic auth's ``secret:``), HTML character references (two)."""
+    base64 (alone, and Basic auth's ``secret:`` with and without ``Basic``), HTML character
+    references (two)."""
     raw = secret.encode("utf-8", "surrogatepass")
+    basic = base64.b64encode(raw + b":").decode().rstrip("=")
     return frozenset({
         secret, quote(secret, safe=""), quote(secret), quote_plus(secret), json.dumps(secret)[1:-1],
         "".join(f"%{byte:02x}" for byte in raw), "".join(f"\\u{ord(char):04x}" for char in secret),
-        base64.b64encode(raw).decode().rstrip("="), base64.b64encode(raw + b":").decode().rstrip("="),
+        base64.b64encode(raw).decode().rstrip("="), basic, "Basic " + basic,
         "".join(f"&#{ord(char)};" for char in secret), "".join(f"&#x{ord(char):x};" for char in secret)})
 
 
