@@ -92,7 +92,7 @@ SAMPLE_BRIEF_ID = "brief_0123456789"
 logger = logging.getLogger("rakerone.fake")
 
 _CLOSE_GRACE_SECONDS = 2.0  # how long a socket we closed waits for the client's close frame
-_SERVE_POLL_SECONDS = 0.05  # how soon serve_forever() notices shutdown()
+_SERVE_POLL_SECONDS = 0.02  # how soon serve_forever() notices shutdown()
 _WAIT_POLL_SECONDS = 0.01
 _SIGNAL_POLL_SECONDS = 0.5  # how soon the command line notices a Ctrl-C
 _NO_STATUS_RECEIVED = 1005  # simple-websocket's close_reason until a client's close frame
@@ -1054,6 +1054,8 @@ def _build_parser() -> argparse.ArgumentParser:
                                 help="serve a sample run and brief until Ctrl-C (the default)")
     serve.set_defaults(command=_serve)
     demo = commands.add_parser("demo", help="run a scripted playbook run and follow it with the real client")
+    demo.add_argument("--pace", type=_pace, default=_DEMO_TICK_SECONDS, metavar="SECONDS",
+                      help="time between the story's steps (default: %(default)s; 0 plays it at once)")
     demo.set_defaults(command=_demo)
     return parser
 
@@ -1090,6 +1092,14 @@ _DEMO_BRIEF_LINES = ("Goals: weekly churn report for the sales team", "Scope: EM
 _DEMO_TICK_SECONDS = 0.25
 
 
+def _pace(text: str) -> float:
+    """--pace: a number of seconds, 0 or more."""
+    seconds = float(text)  # argparse turns the ValueError into a usage error
+    if not 0 <= seconds <= 10:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 10 seconds")
+    return seconds
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Serve runs that progress for a few seconds and follow them with the real client."""
     import os
@@ -1111,7 +1121,7 @@ def _demo(args: argparse.Namespace) -> int:
         rakerone.main(["run", "get", _DEMO_PROJECT, first_run])
 
         print(f"\n>>> for event in client.iter_run_events({_DEMO_PROJECT!r}, {first_run!r}):", flush=True)
-        with _playing(_play_run, fake, first_run):
+        with _playing(_play_run, fake, first_run, args.pace):
             started = time.monotonic()
             for event in client.iter_run_events(_DEMO_PROJECT, first_run):
                 print(f"  +{time.monotonic() - started:4.1f}s  {event.type:<14} {_describe(event.data)}",
@@ -1119,12 +1129,12 @@ def _demo(args: argparse.Namespace) -> int:
             print("  (the server closed the stream with 1000, so the loop ends)")
 
         print(f"\n$ rakerone run wait {_DEMO_PROJECT} {nightly_run} --timeout 60    # in cron", flush=True)
-        with _playing(_play_run, fake, nightly_run):
+        with _playing(_play_run, fake, nightly_run, args.pace):
             code = rakerone.main(["run", "wait", _DEMO_PROJECT, nightly_run, "--timeout", "60"])
         print(f"$ echo $?\n{code}    # 0: the run succeeded; 1: it failed; 124: still running at the deadline")
 
         print(f"\n>>> for entry in client.iter_brief_events({_DEMO_PROJECT!r}, {_DEMO_BRIEF!r}):", flush=True)
-        with _playing(_play_brief, fake):
+        with _playing(_play_brief, fake, args.pace):
             for entry in client.iter_brief_events(_DEMO_PROJECT, _DEMO_BRIEF):
                 print(f"  {entry.id}  {_describe(entry.data)}", flush=True)
     print("\nTry your own scripts on it: `python -m rakerone_fake` serves a sample run and prints\n"
@@ -1143,7 +1153,7 @@ def _playing(script: typing.Callable[..., None], *args: object) -> typing.Iterat
         thread.join()
 
 
-def _play_run(fake: FakeRakerOne, run_id: str) -> None:
+def _play_run(fake: FakeRakerOne, run_id: str, pace: float) -> None:
     """A run moves through its steps, with an event for each change, then completes."""
     event_numbers = iter(range(1, 1000))
     steps = [{"stepId": step_id, "name": name, "status": "pending"} for step_id, name in _DEMO_STEPS]
@@ -1151,7 +1161,7 @@ def _play_run(fake: FakeRakerOne, run_id: str) -> None:
     def emit(event_type: str, **data: object) -> None:
         fake.emit_run_event(_DEMO_PROJECT, run_id,
                             {"type": event_type, "id": f"evt_{next(event_numbers):03d}", "data": data})
-        time.sleep(_DEMO_TICK_SECONDS)
+        time.sleep(pace)
 
     def set_step(step: dict, status: str) -> None:
         step.update({"status": status, ("finishedAt" if status == "success" else "startedAt"): _iso_utc(time.time())})
@@ -1172,12 +1182,12 @@ def _play_run(fake: FakeRakerOne, run_id: str) -> None:
     fake.finish_run_stream(_DEMO_PROJECT, run_id)
 
 
-def _play_brief(fake: FakeRakerOne) -> None:
+def _play_brief(fake: FakeRakerOne, pace: float) -> None:
     """A brief's shaping log grows a line at a time, then the brief is shaped."""
     for number, line in enumerate(_DEMO_BRIEF_LINES, 1):
         fake.emit_brief_event(_DEMO_PROJECT, _DEMO_BRIEF,
                               {"type": "shaping.log", "id": f"log_{number:03d}", "data": {"message": line}})
-        time.sleep(_DEMO_TICK_SECONDS)
+        time.sleep(pace)
     fake.finish_brief_stream(_DEMO_PROJECT, _DEMO_BRIEF)
 
 
