@@ -330,7 +330,8 @@ def _network_error(failure: BaseException, what: str, secrets: _Secrets, seconds
     """A failure to connect, send or read (a _Cut is the watchdog's), and its verdict."""
     lost = StreamDisconnectedError if stream else APIConnectionError
     if isinstance(failure, _Cut):
-        seconds = float(f"{failure.seconds or seconds:.2g}")  # 30, 1.5, 0.04: never "0 s"
+        seconds = failure.seconds or seconds
+        seconds = round(seconds, 1) or float(f"{seconds:.1g}")  # 30, 1.5, 0.04: never "0 s"
         if failure.why != "deadline":
             return lost(f"{what}: the client was closed during the call") if failure.why == "closed" else \
                 APITimeoutError(f"{what}: no time left before the deadline"), _FINAL

@@ -1093,7 +1093,7 @@ _DEMO_TICK_SECONDS = 0.25
 
 
 def _pace(text: str) -> float:
-    """--pace: a number of seconds, 0 or more."""
+    """--pace: a number of seconds from 0 to 10."""
     seconds = float(text)  # argparse turns the ValueError into a usage error
     if not 0 <= seconds <= 10:
         raise argparse.ArgumentTypeError(f"{text} is not between 0 and 10 seconds")
