@@ -150,7 +150,7 @@ class TcpPeer:
         self.stopping = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0), backlog=16)
         self._listener.settimeout(0.05)
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self._sockets: list = []
         self._threads: list = []
         self._thread = threading.Thread(target=self._accept, name=type(self).__name__)
@@ -170,7 +170,7 @@ class TcpPeer:
     def __exit__(self, *exc_info: object) -> None:
         self.stopping.set()
         self._thread.join()
-        with self._lock:
+        with self.lock:
             sockets, threads = list(self._sockets), list(self._threads)
         for sock in sockets:
             try:
@@ -183,7 +183,7 @@ class TcpPeer:
 
     def track(self, sock: socket.socket) -> socket.socket:
         """Have ``sock`` shut down on leaving too (a proxy's upstream connection)."""
-        with self._lock:
+        with self.lock:
             self._sockets.append(sock)
         return sock
 
@@ -199,7 +199,7 @@ class TcpPeer:
             self.connections += 1
             thread = threading.Thread(target=self._serve, args=(self.track(conn),),
                                       name=f"{type(self).__name__}-connection")
-            with self._lock:
+            with self.lock:
                 self._threads.append(thread)
             thread.start()
 
@@ -1539,7 +1539,7 @@ class RawPeer(TcpPeer):
         sock.settimeout(10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = PeerConnection(sock)
-        with self._lock:
+        with self.lock:
             self.served.append(conn)
             script = self._scripts.pop(0) if self._scripts else (lambda c: c.refuse(503))
         try:
@@ -2050,7 +2050,6 @@ class ScriptedPeer(TcpPeer):
     def __init__(self, answer) -> None:
         super().__init__(answer)
         self.requests: list = []
-        self.lock = threading.Lock()
 
     @property
     def server_address(self) -> tuple:
@@ -2111,7 +2110,7 @@ class LoopbackProxy(TcpPeer):
             head += data
         method, target = head.split(b" ", 2)[:2]
         authorization = re.search(rb"(?im)^proxy-authorization: *([^\r\n]*)", head.split(b"\r\n\r\n", 1)[0])
-        with self._lock:
+        with self.lock:
             self.credentials.append(authorization and authorization.group(1).decode())
             refuse = self.refuse_from is not None and self.hits >= self.refuse_from
             if refuse:
